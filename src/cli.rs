@@ -1,0 +1,120 @@
+//! The command line: `flint run ...`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, MemorySize, RawConfig, VmConfig};
+
+/// flint: a minimal, fast KVM virtual machine monitor.
+#[derive(Debug, Parser)]
+#[command(name = "flint", version, about)]
+pub struct Cli {
+    /// Log level: off, error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: log::LevelFilter,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// flint's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest and run it until it resets or powers off.
+    Run(RunArgs),
+}
+
+/// `flint run`'s settings. Every one may also come from `--config`; flags win.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Settings file (JSON, or TOML if it ends in .toml) with the same keys as these flags.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Kernel: bzImage, 64-bit ELF vmlinux, or an ELF with a PVH entry note.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd / initramfs image.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1"].
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Guest RAM, e.g. 512M, 4G, 144G (a bare number is MiB) [default: 512M].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Console: stdio, file=PATH or off [default: stdio].
+    #[arg(long, value_name = "MODE")]
+    pub serial: Option<String>,
+    /// CPUID profile: auto (pvm-compat on PVM hosts), host or pvm-compat [default: auto].
+    #[arg(long, value_name = "PROFILE")]
+    pub cpu_profile: Option<String>,
+}
+
+impl RunArgs {
+    /// The validated configuration: the config file (if any) overridden by the flags.
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let flags = RawConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            cpus: self.cpus,
+            memory: self.memory.clone().map(MemorySize::Text),
+            serial: self.serial.clone(),
+            cpu_profile: self.cpu_profile.clone(),
+        };
+        let base = match &self.config {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        base.overridden_by(flags).validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("flint").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_flags() {
+        let cli = parse(&[
+            "run",
+            "--kernel",
+            "/k",
+            "--cpus",
+            "8",
+            "--memory",
+            "4G",
+            "--cmdline",
+            "-x a=b",
+            "--serial",
+            "off",
+            "--log-level",
+            "info",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_level, log::LevelFilter::Info);
+        let Command::Run(args) = cli.command;
+        let c = args.to_config().unwrap();
+        assert_eq!((c.cpus, c.memory), (8, 4 << 30));
+        assert_eq!(c.cmdline.as_deref(), Some("-x a=b"));
+    }
+
+    #[test]
+    fn unknown_flags_and_bad_values_are_errors() {
+        assert!(parse(&["run", "--kernel", "/k", "--frobnicate"]).is_err());
+        assert!(parse(&["run", "--cpus", "many"]).is_err());
+        assert!(parse(&["run", "--log-level", "loud"]).is_err());
+        let Command::Run(args) = parse(&["run", "--kernel", "/k", "--cpus", "0"])
+            .unwrap()
+            .command;
+        assert!(args.to_config().is_err());
+    }
+}

@@ -1,0 +1,372 @@
+//! The VM's settings: parsed from flags and an optional JSON/TOML file (flags win), then validated so
+//! that everything past this point can trust them.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::arch::x86_64::cpuid::CpuProfile;
+
+/// The most vCPUs flint gives a guest: xAPIC IDs are 8 bits and 0xFF is broadcast.
+pub const MAX_VCPUS: u32 = 254;
+/// The least guest RAM flint boots with: the low 1 MiB plus room for a kernel.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Default guest RAM.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+/// Where the guest's console output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialMode {
+    /// Host stdout (and host stdin to the guest).
+    Stdio,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded.
+    Off,
+}
+
+impl std::str::FromStr for SerialMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdio" => Ok(SerialMode::Stdio),
+            "off" => Ok(SerialMode::Off),
+            _ => match s.strip_prefix("file=") {
+                Some(path) if !path.is_empty() => Ok(SerialMode::File(PathBuf::from(path))),
+                _ => Err(format!(
+                    "invalid serial mode '{s}': expected stdio, off or file=PATH"
+                )),
+            },
+        }
+    }
+}
+
+/// Which CPUID profile to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuProfileChoice {
+    /// PVM-compatible on a PVM host, everything otherwise.
+    #[default]
+    Auto,
+    /// A fixed profile.
+    Fixed(CpuProfile),
+}
+
+impl std::str::FromStr for CpuProfileChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(CpuProfileChoice::Auto),
+            "host" => Ok(CpuProfileChoice::Fixed(CpuProfile::Host)),
+            "pvm-compat" => Ok(CpuProfileChoice::Fixed(CpuProfile::PvmCompat)),
+            _ => Err(format!(
+                "invalid CPU profile '{s}': expected auto, host or pvm-compat"
+            )),
+        }
+    }
+}
+
+/// A validated VM configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// An initrd / initramfs.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line; None means [`DEFAULT_CMDLINE`].
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Console output.
+    pub serial: SerialMode,
+    /// CPUID profile.
+    pub cpu_profile: CpuProfileChoice,
+}
+
+/// The command line a guest gets when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Settings as given, before validation: each one optional so a file and flags can be layered.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct RawConfig {
+    /// Kernel image path.
+    pub kernel: Option<PathBuf>,
+    /// Initrd path.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// vCPU count.
+    pub cpus: Option<u32>,
+    /// Guest RAM, e.g. "512M", or a number of MiB.
+    pub memory: Option<MemorySize>,
+    /// stdio | off | file=PATH
+    pub serial: Option<String>,
+    /// auto | host | pvm-compat
+    pub cpu_profile: Option<String>,
+}
+
+/// A memory size as written in a config file: "4G" or a plain number of MiB.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MemorySize {
+    /// A number of MiB.
+    Mib(u64),
+    /// A size with a unit suffix.
+    Text(String),
+}
+
+/// Errors in the configuration. Each names the setting and what is wrong with it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No kernel given.
+    #[error("no kernel given: use --kernel PATH (or \"kernel\" in the config file)")]
+    MissingKernel,
+    /// Bad vCPU count.
+    #[error("--cpus {0}: the guest needs between 1 and {MAX_VCPUS} vCPUs")]
+    Cpus(u32),
+    /// Unparsable memory size.
+    #[error("--memory {0}: {1}")]
+    Memory(String, String),
+    /// Bad serial mode.
+    #[error("--serial: {0}")]
+    Serial(String),
+    /// Bad CPU profile.
+    #[error("--cpu-profile: {0}")]
+    CpuProfile(String),
+    /// The config file could not be read or parsed.
+    #[error("config file {0}: {1}")]
+    File(PathBuf, String),
+}
+
+/// Parses a size such as `512M`, `4G`, `144G`, `1T`, `65536K` or `123456B`; a bare number is MiB.
+pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err("expected a size such as 512M, 4G or 144G".to_string());
+    }
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| "the number is too large".to_string())?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 20,
+        "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("unknown unit '{unit}': use K, M, G or T")),
+    };
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| "the size is too large".to_string())
+}
+
+fn validate_memory(text: &str, bytes: u64) -> Result<u64, ConfigError> {
+    let err = |why: String| ConfigError::Memory(text.to_string(), why);
+    if bytes < MIN_MEMORY {
+        return Err(err(format!(
+            "the guest needs at least {} MiB of RAM",
+            MIN_MEMORY >> 20
+        )));
+    }
+    if bytes % 4096 != 0 {
+        return Err(err("RAM must be a multiple of 4 KiB".to_string()));
+    }
+    Ok(bytes)
+}
+
+impl RawConfig {
+    /// Reads a config file: TOML if it ends in .toml, JSON otherwise.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file_err = |why: String| ConfigError::File(path.to_path_buf(), why);
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        let is_toml = path.extension().is_some_and(|ext| ext == "toml");
+        if is_toml {
+            toml::from_str(&text).map_err(|e| file_err(e.message().to_string()))
+        } else {
+            serde_json::from_str(&text).map_err(|e| file_err(e.to_string()))
+        }
+    }
+
+    /// `self` with every setting present in `flags` replaced by the flag's value.
+    pub fn overridden_by(self, flags: RawConfig) -> RawConfig {
+        RawConfig {
+            kernel: flags.kernel.or(self.kernel),
+            initrd: flags.initrd.or(self.initrd),
+            cmdline: flags.cmdline.or(self.cmdline),
+            cpus: flags.cpus.or(self.cpus),
+            memory: flags.memory.or(self.memory),
+            serial: flags.serial.or(self.serial),
+            cpu_profile: flags.cpu_profile.or(self.cpu_profile),
+        }
+    }
+
+    /// Checks every setting and fills in defaults.
+    pub fn validate(self) -> Result<VmConfig, ConfigError> {
+        let kernel = self.kernel.ok_or(ConfigError::MissingKernel)?;
+        let cpus = self.cpus.unwrap_or(1);
+        if cpus == 0 || cpus > MAX_VCPUS {
+            return Err(ConfigError::Cpus(cpus));
+        }
+        let memory = match self.memory {
+            None => DEFAULT_MEMORY,
+            Some(MemorySize::Mib(mib)) => {
+                let text = mib.to_string();
+                let bytes = mib.checked_mul(1 << 20).ok_or_else(|| {
+                    ConfigError::Memory(text.clone(), "the size is too large".into())
+                })?;
+                validate_memory(&text, bytes)?
+            }
+            Some(MemorySize::Text(text)) => {
+                let bytes = parse_memory_size(&text)
+                    .map_err(|why| ConfigError::Memory(text.clone(), why))?;
+                validate_memory(&text, bytes)?
+            }
+        };
+        let serial = match self.serial {
+            None => SerialMode::Stdio,
+            Some(s) => s.parse().map_err(ConfigError::Serial)?,
+        };
+        let cpu_profile = match self.cpu_profile {
+            None => CpuProfileChoice::Auto,
+            Some(s) => s.parse().map_err(ConfigError::CpuProfile)?,
+        };
+        Ok(VmConfig {
+            kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            cpus,
+            memory,
+            serial,
+            cpu_profile,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kernel: &str) -> RawConfig {
+        RawConfig {
+            kernel: Some(kernel.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_memory_size("144G"), Ok(144 << 30));
+        assert_eq!(parse_memory_size("144g"), Ok(144 << 30));
+        assert_eq!(parse_memory_size("1000T"), Ok(1000 << 40));
+        assert_eq!(parse_memory_size("256"), Ok(256 << 20));
+        assert_eq!(parse_memory_size("65536K"), Ok(64 << 20));
+        assert_eq!(parse_memory_size("2GiB"), Ok(2 << 30));
+        assert!(parse_memory_size("").is_err());
+        assert!(parse_memory_size("G").is_err());
+        assert!(parse_memory_size("12Q").is_err());
+        assert!(parse_memory_size("-1G").is_err());
+        assert!(parse_memory_size("99999999999999999999").is_err());
+        assert!(parse_memory_size("20000000T").is_err());
+    }
+
+    #[test]
+    fn defaults_and_limits() {
+        let c = raw("k").validate().unwrap();
+        assert_eq!(
+            (c.cpus, c.memory, c.serial.clone()),
+            (1, DEFAULT_MEMORY, SerialMode::Stdio)
+        );
+        assert_eq!(c.cpu_profile, CpuProfileChoice::Auto);
+        let cpus = |n| {
+            RawConfig {
+                cpus: Some(n),
+                ..raw("k")
+            }
+            .validate()
+        };
+        assert_eq!(cpus(0), Err(ConfigError::Cpus(0)));
+        assert_eq!(cpus(255), Err(ConfigError::Cpus(255)));
+        assert_eq!(cpus(72).unwrap().cpus, 72);
+        let mem = |m: &str| {
+            RawConfig {
+                memory: Some(MemorySize::Text(m.into())),
+                ..raw("k")
+            }
+            .validate()
+        };
+        assert!(matches!(mem("0"), Err(ConfigError::Memory(..))));
+        assert!(matches!(mem("1M"), Err(ConfigError::Memory(..))));
+        assert!(matches!(mem("16777217B"), Err(ConfigError::Memory(..))));
+        assert_eq!(mem("144G").unwrap().memory, 144 << 30);
+        assert_eq!(
+            RawConfig::default().validate(),
+            Err(ConfigError::MissingKernel)
+        );
+    }
+
+    #[test]
+    fn serial_and_profile_parse() {
+        assert_eq!("off".parse(), Ok(SerialMode::Off));
+        assert_eq!("file=/tmp/x".parse(), Ok(SerialMode::File("/tmp/x".into())));
+        assert!("file=".parse::<SerialMode>().is_err());
+        assert!("tty".parse::<SerialMode>().is_err());
+        assert_eq!(
+            "pvm-compat".parse(),
+            Ok(CpuProfileChoice::Fixed(CpuProfile::PvmCompat))
+        );
+        assert!("fast".parse::<CpuProfileChoice>().is_err());
+    }
+
+    #[test]
+    fn files_and_flag_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("vm.json");
+        std::fs::write(
+            &json,
+            r#"{"kernel": "/k", "cpus": 4, "memory": "1G", "cmdline": "a=b"}"#,
+        )
+        .unwrap();
+        let file = RawConfig::from_file(&json).unwrap();
+        let merged = file.overridden_by(RawConfig {
+            cpus: Some(2),
+            ..Default::default()
+        });
+        let c = merged.validate().unwrap();
+        assert_eq!(
+            (c.cpus, c.memory, c.cmdline.as_deref()),
+            (2, 1 << 30, Some("a=b"))
+        );
+
+        let toml_path = dir.path().join("vm.toml");
+        std::fs::write(
+            &toml_path,
+            "kernel = \"/k\"\nmemory = 256\nserial = \"off\"\n",
+        )
+        .unwrap();
+        let c = RawConfig::from_file(&toml_path)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!((c.memory, c.serial), (256 << 20, SerialMode::Off));
+
+        std::fs::write(&json, r#"{"kernel": "/k", "cpu": 4}"#).unwrap();
+        assert!(matches!(
+            RawConfig::from_file(&json),
+            Err(ConfigError::File(..))
+        ));
+        assert!(matches!(
+            RawConfig::from_file(&dir.path().join("missing.json")),
+            Err(ConfigError::File(..))
+        ));
+    }
+}

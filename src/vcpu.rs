@@ -1,0 +1,221 @@
+//! vCPU set-up and the vCPU thread's run loop: KVM_RUN, then route each port-I/O and MMIO exit to the
+//! device that owns the address, until the VM stops.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use devices::bus::Bus;
+use devices::ExitReason;
+use kvm_bindings::{
+    CpuId, Msrs, KVM_EXIT_INTERNAL_ERROR, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::cpuid::{shape_cpuid, CpuProfile};
+use crate::arch::x86_64::regs::{entry_regs, initial_fpu, setup_sregs, EntryMode};
+use crate::arch::x86_64::{lapic, msr};
+use crate::exit::{ExitController, VmOutcome};
+
+/// Reads from addresses no device claims return all ones, as on a real bus with nothing driving it.
+const UNCLAIMED_READ_VALUE: u8 = 0xff;
+
+/// Where the boot vCPU starts.
+#[derive(Debug, Clone, Copy)]
+pub struct BootEntry {
+    /// Entry protocol.
+    pub mode: EntryMode,
+    /// Entry address.
+    pub entry: GuestAddress,
+}
+
+/// Errors configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed.
+    #[error("vCPU {index}: {what}: {error}")]
+    Kvm {
+        /// vCPU index.
+        index: u32,
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl's error.
+        error: kvm_ioctls::Error,
+    },
+    /// Writing boot structures failed.
+    #[error("vCPU {0}: {1}")]
+    Boot(u32, String),
+}
+
+/// Configures vCPU `index` of `num_cpus`: CPUID, MSRs, LAPIC, and for the boot vCPU its entry state.
+/// Application processors are left in KVM's wait-for-SIPI state.
+pub fn configure(
+    vcpu: &VcpuFd,
+    index: u32,
+    num_cpus: u32,
+    supported_cpuid: &CpuId,
+    profile: CpuProfile,
+    mem: &GuestMemoryMmap,
+    boot: Option<BootEntry>,
+) -> Result<(), VcpuError> {
+    let kvm_err = |what| move |error| VcpuError::Kvm { index, what, error };
+
+    let mut entries = supported_cpuid.as_slice().to_vec();
+    shape_cpuid(&mut entries, index, num_cpus, profile);
+    let cpuid = CpuId::from_entries(&entries)
+        .map_err(|e| VcpuError::Boot(index, format!("building CPUID: {e:?}")))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+
+    let wanted = msr::boot_msrs();
+    let msrs = Msrs::from_entries(&wanted)
+        .map_err(|e| VcpuError::Boot(index, format!("building MSRs: {e:?}")))?;
+    let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+    if set != wanted.len() {
+        // Some hosts (PVM) refuse MSRs real hardware has; the guest copes with their reset values.
+        if let Some(refused) = wanted.get(set) {
+            log::debug!(
+                "vCPU {index}: KVM accepted {set} of {} boot MSRs; first refused: {:#x}",
+                wanted.len(),
+                refused.index
+            );
+        }
+    }
+
+    let mut lapic_state = vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+    lapic::set_lint_delivery(&mut lapic_state);
+    vcpu.set_lapic(&lapic_state)
+        .map_err(kvm_err("KVM_SET_LAPIC"))?;
+
+    if let Some(boot) = boot {
+        let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let sregs = setup_sregs(mem, boot.mode, sregs)
+            .map_err(|e| VcpuError::Boot(index, e.to_string()))?;
+        vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&entry_regs(boot.mode, boot.entry.0))
+            .map_err(kvm_err("KVM_SET_REGS"))?;
+        vcpu.set_fpu(&initial_fpu())
+            .map_err(kvm_err("KVM_SET_FPU"))?;
+    }
+    Ok(())
+}
+
+/// What a vCPU thread needs to run.
+pub struct VcpuRunContext {
+    /// Port-I/O devices.
+    pub pio: Arc<Bus>,
+    /// MMIO devices.
+    pub mmio: Arc<Bus>,
+    /// Where the vCPU reports that the VM must stop.
+    pub exit: Arc<ExitController>,
+    /// Set by the main thread when the vCPU must leave its loop.
+    pub stop: Arc<AtomicBool>,
+    /// When the VMM process started, for the start-up time log line.
+    pub process_start: Instant,
+}
+
+/// The vCPU thread body: runs until the VM stops.
+pub fn run(index: u32, mut vcpu: VcpuFd, ctx: VcpuRunContext) {
+    let mut first_run = index == 0;
+    while !ctx.stop.load(Ordering::Acquire) {
+        if first_run {
+            first_run = false;
+            log::info!(
+                "VMM start-up: {:.3} ms from process start to first KVM_RUN",
+                ctx.process_start.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        let outcome = match vcpu.run() {
+            Ok(exit) => handle_exit(index, exit, &ctx),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(VmOutcome::Error(format!(
+                "vCPU {index}: KVM_RUN failed: {e}"
+            ))),
+        };
+        if let Some(outcome) = outcome {
+            let outcome = match outcome {
+                VmOutcome::Error(msg) if msg.contains("KVM_EXIT_INTERNAL_ERROR") => {
+                    VmOutcome::Error(describe_internal_error(&mut vcpu, msg))
+                }
+                other => other,
+            };
+            ctx.exit.stop(outcome);
+            break;
+        }
+    }
+}
+
+/// Handles one exit. Returns Some when the VM must stop.
+fn handle_exit(index: u32, exit: VcpuExit, ctx: &VcpuRunContext) -> Option<VmOutcome> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            data.fill(0);
+            if !ctx.pio.read(u64::from(port), data) {
+                data.fill(UNCLAIMED_READ_VALUE);
+            }
+            None
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(u64::from(port), data);
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            data.fill(0);
+            if !ctx.mmio.read(addr, data) {
+                log::debug!("vCPU {index}: read from unclaimed MMIO {addr:#x}");
+                data.fill(UNCLAIMED_READ_VALUE);
+            }
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !ctx.mmio.write(addr, data) {
+                log::debug!("vCPU {index}: write to unclaimed MMIO {addr:#x}");
+            }
+            None
+        }
+        // A triple fault: the CPU resets, so does the machine.
+        VcpuExit::Shutdown => Some(VmOutcome::Guest(ExitReason::Reset)),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmOutcome::Guest(ExitReason::PowerOff)),
+            KVM_SYSTEM_EVENT_RESET => Some(VmOutcome::Guest(ExitReason::Reset)),
+            other => Some(VmOutcome::Error(format!(
+                "vCPU {index}: unexpected KVM system event {other}"
+            ))),
+        },
+        VcpuExit::InternalError => Some(VmOutcome::Error(format!(
+            "vCPU {index}: KVM_EXIT_INTERNAL_ERROR"
+        ))),
+        VcpuExit::FailEntry(reason, cpu) => Some(VmOutcome::Error(format!(
+            "vCPU {index}: KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})"
+        ))),
+        // Signals and immediate exits come back as interrupted runs; the loop checks `stop`.
+        VcpuExit::Intr => None,
+        other => Some(VmOutcome::Error(format!(
+            "vCPU {index}: unexpected KVM exit {other:?}"
+        ))),
+    }
+}
+
+/// Adds KVM's suberror and the guest's instruction pointer to an internal-error message.
+fn describe_internal_error(vcpu: &mut VcpuFd, msg: String) -> String {
+    let run = vcpu.get_kvm_run();
+    let suberror = if run.exit_reason == KVM_EXIT_INTERNAL_ERROR {
+        // SAFETY: `exit_reason` is KVM_EXIT_INTERNAL_ERROR, so KVM filled the `internal` member of
+        // the exit union; reading a u32 out of it reads initialised memory of the right type.
+        Some(unsafe { run.__bindgen_anon_1.internal.suberror })
+    } else {
+        None
+    };
+    let rip = vcpu.get_regs().map(|r| r.rip).ok();
+    let mut text = format!(
+        "{msg}: KVM could not emulate a guest instruction (suberror {})",
+        suberror.map_or("unknown".to_string(), |s| s.to_string())
+    );
+    if let Some(rip) = rip {
+        text.push_str(&format!(" at guest rip {rip:#x}"));
+    }
+    if crate::host::is_pvm_host() {
+        text.push_str("; this PVM host's emulator lacks some instructions, see docs/pvm.md");
+    }
+    text
+}
