@@ -337,7 +337,7 @@ fn create_platform_devices(
         serial_out,
     )));
 
-    let mut pio = Bus::new();
+    let pio = Bus::new();
     pio.insert(
         serial.clone(),
         u64::from(layout::COM1_PORT),
@@ -354,7 +354,7 @@ fn create_platform_devices(
         acpi_pm::REGISTER_SPACE_LEN,
     )?;
 
-    let mut mmio = Bus::new();
+    let mmio = Bus::new();
     mmio.insert(
         Arc::new(Mutex::new(BootMarker::new(process_start))),
         layout::BOOT_MARKER_ADDR,

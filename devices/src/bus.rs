@@ -3,10 +3,11 @@
 //!
 //! A [`Bus`] maps non-overlapping address ranges to devices. The VMM keeps one bus for port I/O and one
 //! for MMIO; a vCPU thread looks up the device for each exit and calls it with the offset into its range.
-//! Lookups take a shared reference, so vCPUs never contend on the bus itself, only on the device.
+//! The map sits behind a read-write lock: every exit takes it shared (vCPUs contend only on the device
+//! itself), and only a guest reprogramming a PCI BAR takes it exclusively to move a range.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A device that answers register reads and writes on a bus.
 pub trait BusDevice: Send {
@@ -48,10 +49,10 @@ struct Entry {
 }
 
 /// A set of devices, each owning a contiguous, non-overlapping address range.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Bus {
     // Keyed by the range's base address.
-    devices: BTreeMap<u64, Entry>,
+    devices: RwLock<BTreeMap<u64, Entry>>,
 }
 
 impl Bus {
@@ -60,29 +61,64 @@ impl Bus {
         Self::default()
     }
 
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Entry>> {
+        self.devices.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Entry>> {
+        self.devices.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Puts `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+    pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
             .ok_or(BusError::InvalidRange { base, len })?;
+        let mut map = self.map_mut();
         // The closest range starting at or below `base`, and the first one starting after it.
-        let below = self.devices.range(..=base).next_back();
-        let above = self.devices.range(base..).next();
+        let below = map.range(..=base).next_back();
+        let above = map.range(base..).next();
         let overlaps_below = below.is_some_and(|(b, e)| b + e.len > base);
         let overlaps_above = above.is_some_and(|(b, _)| *b < end);
         if overlaps_below || overlaps_above {
             return Err(BusError::Overlap { base, len });
         }
-        self.devices.insert(base, Entry { len, device });
+        map.insert(base, Entry { len, device });
         Ok(())
     }
 
+    /// Removes the range starting exactly at `base`, returning its device.
+    pub fn remove(&self, base: u64) -> Option<SharedDevice> {
+        self.map_mut().remove(&base).map(|entry| entry.device)
+    }
+
+    /// Moves the range at `old_base` to `new_base` (same length). On an overlap the range stays where
+    /// it was and the error is returned.
+    pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
+        let entry = self
+            .map_mut()
+            .remove(&old_base)
+            .ok_or(BusError::InvalidRange {
+                base: old_base,
+                len: 0,
+            })?;
+        let len = entry.len;
+        match self.insert(entry.device.clone(), new_base, len) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.map_mut().insert(old_base, entry);
+                Err(e)
+            }
+        }
+    }
+
     /// The device owning `addr` and the offset of `addr` into its range.
-    pub fn resolve(&self, addr: u64) -> Option<(&SharedDevice, u64)> {
-        let (base, entry) = self.devices.range(..=addr).next_back()?;
+    pub fn resolve(&self, addr: u64) -> Option<(SharedDevice, u64)> {
+        let map = self.map();
+        let (base, entry) = map.range(..=addr).next_back()?;
         let offset = addr - base;
-        (offset < entry.len).then_some((&entry.device, offset))
+        (offset < entry.len).then(|| (entry.device.clone(), offset))
     }
 
     /// Forwards a read to the device at `addr`. Returns false (and leaves `data` alone) when nothing is
@@ -90,7 +126,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr) {
             Some((device, offset)) => {
-                lock(device).read(offset, data);
+                lock(&device).read(offset, data);
                 true
             }
             None => false,
@@ -101,7 +137,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((device, offset)) => {
-                lock(device).write(offset, data);
+                lock(&device).write(offset, data);
                 true
             }
             None => false,
@@ -141,7 +177,7 @@ mod tests {
 
     #[test]
     fn routes_to_the_owner_with_its_offset() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a = dev();
         bus.insert(a.clone(), 0x3f8, 8).unwrap();
         bus.insert(dev(), 0x60, 1).unwrap();
@@ -157,7 +193,7 @@ mod tests {
 
     #[test]
     fn rejects_overlaps_and_bad_ranges() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(dev(), 0x100, 0x10).unwrap();
         assert!(matches!(
             bus.insert(dev(), 0x10f, 1),
@@ -181,5 +217,23 @@ mod tests {
         ));
         bus.insert(dev(), 0xf0, 0x10).unwrap();
         bus.insert(dev(), 0x110, 0x10).unwrap();
+    }
+
+    #[test]
+    fn relocate_moves_or_keeps() {
+        let bus = Bus::new();
+        bus.insert(dev(), 0x1000, 0x100).unwrap();
+        bus.insert(dev(), 0x3000, 0x100).unwrap();
+        bus.relocate(0x1000, 0x2000).unwrap();
+        assert!(bus.resolve(0x1000).is_none());
+        assert_eq!(bus.resolve(0x2010).unwrap().1, 0x10);
+        assert!(matches!(
+            bus.relocate(0x2000, 0x2f80),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(bus.resolve(0x2000).is_some());
+        assert!(bus.relocate(0x5000, 0x6000).is_err());
+        assert!(bus.remove(0x3000).is_some());
+        assert!(bus.resolve(0x3000).is_none());
     }
 }
