@@ -19,7 +19,6 @@ pub const PVM_LINUX_PARAMS: &[&str] = &[
     "nokaslr",
     "mitigations=off",
     "clearcpuid=popcnt,cx16,rdrand,rdseed,smap,fsgsbase,rdpid,pcid,invpcid,erms,fsrm",
-    "no-kvmclock",
     "tsc=reliable",
     "nowatchdog",
 ];

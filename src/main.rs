@@ -9,7 +9,10 @@ use flint::exit::VmOutcome;
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     env_logger::Builder::new()
         .filter_level(cli.log_level)
         .format_timestamp_micros()
@@ -43,4 +46,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Help and version go to stdout in full; a usage error is one line on stderr and status 2.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("flint: error: {message} (see flint --help)");
+    ExitCode::from(2)
 }
