@@ -23,6 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest and run it until it resets or powers off.
     Run(RunArgs),
+    /// List the EC2 instance types flint can shape a guest like.
+    InstanceTypes {
+        /// Which published figures: launch (November 2017) or current.
+        #[arg(long, default_value = "launch", value_name = "GENERATION")]
+        instance_generation: String,
+    },
 }
 
 /// `flint run`'s settings. Every one may also come from `--config`; flags win.
@@ -31,6 +37,12 @@ pub struct RunArgs {
     /// Settings file (JSON, or TOML if it ends in .toml) with the same keys as these flags.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// EC2 instance type whose vCPUs, memory and I/O caps the guest gets [default: c5.large].
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
+    /// Instance figures: launch (the C5 launch table, default) or current (today's EC2 figures).
+    #[arg(long, value_name = "GENERATION")]
+    pub instance_generation: Option<String>,
     /// Kernel: bzImage, 64-bit ELF vmlinux, or an ELF with a PVH entry note.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
@@ -40,10 +52,10 @@ pub struct RunArgs {
     /// Kernel command line [default: "console=ttyS0 reboot=k panic=1"].
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
-    /// Number of vCPUs [default: 1].
+    /// Number of vCPUs, overriding the instance type's [default: the instance type's].
     #[arg(long, value_name = "N")]
     pub cpus: Option<u32>,
-    /// Guest RAM, e.g. 512M, 4G, 144G (a bare number is MiB) [default: 512M].
+    /// Guest RAM, e.g. 512M, 4G, 144G (a bare number is MiB), overriding the instance type's.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
     /// Console: stdio, file=PATH or off [default: stdio].
@@ -65,6 +77,8 @@ impl RunArgs {
             memory: self.memory.clone().map(MemorySize::Text),
             serial: self.serial.clone(),
             cpu_profile: self.cpu_profile.clone(),
+            instance_type: self.instance_type.clone(),
+            instance_generation: self.instance_generation.clone(),
         };
         let base = match &self.config {
             Some(path) => RawConfig::from_file(path)?,
@@ -101,7 +115,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.log_level, log::LevelFilter::Info);
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not a run command");
+        };
         let c = args.to_config().unwrap();
         assert_eq!((c.cpus, c.memory), (8, 4 << 30));
         assert_eq!(c.cmdline.as_deref(), Some("-x a=b"));
@@ -114,7 +130,10 @@ mod tests {
         assert!(parse(&["run", "--log-level", "loud"]).is_err());
         let Command::Run(args) = parse(&["run", "--kernel", "/k", "--cpus", "0"])
             .unwrap()
-            .command;
+            .command
+        else {
+            panic!("not a run command");
+        };
         assert!(args.to_config().is_err());
     }
 }

@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::arch::x86_64::cpuid::CpuProfile;
+use crate::instance::{find_instance_type, Generation, InstanceType, DEFAULT_INSTANCE_TYPE};
 
 /// The most vCPUs flint gives a guest: xAPIC IDs are 8 bits and 0xFF is broadcast.
 pub const MAX_VCPUS: u32 = 254;
 /// The least guest RAM flint boots with: the low 1 MiB plus room for a kernel.
 pub const MIN_MEMORY: u64 = 16 << 20;
-/// Default guest RAM.
-pub const DEFAULT_MEMORY: u64 = 512 << 20;
 
 /// Where the guest's console output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,9 +75,11 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// The kernel command line; None means [`DEFAULT_CMDLINE`].
     pub cmdline: Option<String>,
-    /// Number of vCPUs.
+    /// The instance type whose shape and I/O caps the VM has.
+    pub instance: InstanceType,
+    /// Number of vCPUs (the instance type's unless overridden).
     pub cpus: u32,
-    /// Guest RAM in bytes.
+    /// Guest RAM in bytes (the instance type's unless overridden).
     pub memory: u64,
     /// Console output.
     pub serial: SerialMode,
@@ -107,6 +108,10 @@ pub struct RawConfig {
     pub serial: Option<String>,
     /// auto | host | pvm-compat
     pub cpu_profile: Option<String>,
+    /// EC2 instance type, e.g. "c5.large".
+    pub instance_type: Option<String>,
+    /// launch | current
+    pub instance_generation: Option<String>,
 }
 
 /// A memory size as written in a config file: "4G" or a plain number of MiB.
@@ -140,6 +145,19 @@ pub enum ConfigError {
     /// The config file could not be read or parsed.
     #[error("config file {0}: {1}")]
     File(PathBuf, String),
+    /// Unknown instance type or generation.
+    #[error("--instance-type: {0}")]
+    InstanceType(String),
+}
+
+/// A byte count as the user would write it: the largest unit that divides it exactly (4G, 1000T, 512M).
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
 }
 
 /// Parses a size such as `512M`, `4G`, `144G`, `1T`, `65536K` or `123456B`; a bare number is MiB.
@@ -205,18 +223,38 @@ impl RawConfig {
             memory: flags.memory.or(self.memory),
             serial: flags.serial.or(self.serial),
             cpu_profile: flags.cpu_profile.or(self.cpu_profile),
+            instance_type: flags.instance_type.or(self.instance_type),
+            instance_generation: flags.instance_generation.or(self.instance_generation),
         }
     }
 
     /// Checks every setting and fills in defaults.
     pub fn validate(self) -> Result<VmConfig, ConfigError> {
         let kernel = self.kernel.ok_or(ConfigError::MissingKernel)?;
-        let cpus = self.cpus.unwrap_or(1);
+        let generation: Generation = match &self.instance_generation {
+            None => Generation::default(),
+            Some(s) => s.parse().map_err(ConfigError::InstanceType)?,
+        };
+        let instance = find_instance_type(
+            self.instance_type
+                .as_deref()
+                .unwrap_or(DEFAULT_INSTANCE_TYPE),
+            generation,
+        )
+        .map_err(ConfigError::InstanceType)?;
+        let cpus = self.cpus.unwrap_or(instance.vcpus);
         if cpus == 0 || cpus > MAX_VCPUS {
             return Err(ConfigError::Cpus(cpus));
         }
+        if cpus != instance.vcpus {
+            log::warn!(
+                "--cpus {cpus} overrides the {} vCPUs of {}",
+                instance.vcpus,
+                instance.name
+            );
+        }
         let memory = match self.memory {
-            None => DEFAULT_MEMORY,
+            None => instance.memory_bytes(),
             Some(MemorySize::Mib(mib)) => {
                 let text = mib.to_string();
                 let bytes = mib.checked_mul(1 << 20).ok_or_else(|| {
@@ -238,10 +276,19 @@ impl RawConfig {
             None => CpuProfileChoice::Auto,
             Some(s) => s.parse().map_err(ConfigError::CpuProfile)?,
         };
+        if memory != instance.memory_bytes() {
+            log::warn!(
+                "--memory {} overrides the {} GiB of {}",
+                format_size(memory),
+                instance.memory_gib,
+                instance.name
+            );
+        }
         Ok(VmConfig {
             kernel,
             initrd: self.initrd,
             cmdline: self.cmdline,
+            instance,
             cpus,
             memory,
             serial,
@@ -280,11 +327,20 @@ mod tests {
     }
 
     #[test]
+    fn sizes_format_back() {
+        for text in ["512M", "4G", "144G", "1000T", "65K", "123B", "1536M"] {
+            assert_eq!(format_size(parse_memory_size(text).unwrap()), text);
+        }
+    }
+
+    #[test]
     fn defaults_and_limits() {
         let c = raw("k").validate().unwrap();
+        // The default shape is c5.large's.
+        assert_eq!(c.instance.name, "c5.large");
         assert_eq!(
             (c.cpus, c.memory, c.serial.clone()),
-            (1, DEFAULT_MEMORY, SerialMode::Stdio)
+            (2, 4 << 30, SerialMode::Stdio)
         );
         assert_eq!(c.cpu_profile, CpuProfileChoice::Auto);
         let cpus = |n| {
@@ -312,6 +368,36 @@ mod tests {
             RawConfig::default().validate(),
             Err(ConfigError::MissingKernel)
         );
+    }
+
+    #[test]
+    fn instance_types_set_the_shape_and_flags_override_it() {
+        let typed = |name: &str| RawConfig {
+            instance_type: Some(name.into()),
+            ..raw("k")
+        };
+        let c = typed("c5.18xlarge").validate().unwrap();
+        assert_eq!((c.cpus, c.memory), (72, 144 << 30));
+        let c = RawConfig {
+            cpus: Some(3),
+            memory: Some(MemorySize::Mib(1024)),
+            ..typed("c5.2xlarge")
+        }
+        .validate()
+        .unwrap();
+        assert_eq!((c.cpus, c.memory, c.instance.vcpus), (3, 1 << 30, 8));
+        match typed("c5.huge").validate() {
+            Err(ConfigError::InstanceType(msg)) => assert!(msg.contains("c5.xlarge"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        let bad_generation = RawConfig {
+            instance_generation: Some("next".into()),
+            ..raw("k")
+        };
+        assert!(matches!(
+            bad_generation.validate(),
+            Err(ConfigError::InstanceType(_))
+        ));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod exit;
 pub mod host;
+pub mod instance;
 pub mod loader;
 pub mod signals;
 pub mod terminal;

@@ -18,6 +18,18 @@ fn main() -> ExitCode {
         .format_timestamp_micros()
         .init();
     match cli.command {
+        Command::InstanceTypes {
+            instance_generation,
+        } => match instance_generation.parse() {
+            Ok(generation) => {
+                print!("{}", flint::instance::table(generation));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flint: error: --instance-generation: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             let result = args
                 .to_config()

@@ -16,7 +16,13 @@ fn fails_with(args: &[&str], needle: &str) {
         "{args:?} panicked: {}",
         run.stderr
     );
-    let lines: Vec<&str> = run.stderr.lines().collect();
+    // Warnings (e.g. "--memory overrides the instance type's") may precede the error; the error
+    // itself is one line.
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("WARN "))
+        .collect();
     assert_eq!(
         lines.len(),
         1,
@@ -128,6 +134,18 @@ fn unreadable_initrd() {
     );
     // A directory can't be read as a file even by root.
     fails_with(&["run", "--kernel", kernel, "--initrd", "/"], "initrd /");
+}
+
+#[test]
+fn unknown_instance_type_lists_the_valid_ones() {
+    fails_with(
+        &["run", "--kernel", "/k", "--instance-type", "c5.huge"],
+        "valid types are c5.large, c5.xlarge",
+    );
+    fails_with(
+        &["run", "--kernel", "/k", "--instance-generation", "next"],
+        "launch or current",
+    );
 }
 
 #[test]

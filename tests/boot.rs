@@ -64,6 +64,43 @@ fn boot_probe_72_vcpus_144g() {
     boot_with(72, 144 * 1024);
 }
 
+#[test]
+fn every_instance_type_boots_with_its_shape() {
+    if !kvm_available() {
+        return;
+    }
+    let shapes = [
+        ("c5.large", 2, 4),
+        ("c5.xlarge", 4, 8),
+        ("c5.2xlarge", 8, 16),
+        ("c5.4xlarge", 16, 32),
+        ("c5.9xlarge", 36, 72),
+        ("c5.18xlarge", 72, 144),
+    ];
+    for (name, cpus, gib) in shapes {
+        let report = boot_probe(
+            "boot",
+            &["--instance-type", name],
+            &format!("expect_cpus={cpus} expect_mem_mib={}", gib * 1024),
+        );
+        assert_eq!(
+            report.info("cpus_madt"),
+            Some(cpus.to_string().as_str()),
+            "{name}"
+        );
+        let smp = boot_probe(
+            "smp",
+            &["--instance-type", name],
+            &format!("expect_cpus={cpus}"),
+        );
+        assert_eq!(
+            smp.info("cpus_started"),
+            Some(cpus.to_string().as_str()),
+            "{name}"
+        );
+    }
+}
+
 fn smp_with(cpus: u32) {
     if !kvm_available() {
         return;
