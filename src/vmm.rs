@@ -35,6 +35,7 @@ use crate::config::{CpuProfileChoice, SerialMode, VmConfig, DEFAULT_CMDLINE};
 use crate::console::ConsoleInput;
 use crate::exit::{ExitController, VmOutcome};
 use crate::loader::{load_initrd, load_kernel};
+use crate::pci::PciSystem;
 use crate::vcpu::{self, BootEntry, VcpuRunContext};
 use crate::{host, signals, terminal};
 
@@ -51,7 +52,8 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
         physical_address_bits(supported_cpuid.as_slice()),
     )?;
 
-    let vm = kvm.create_vm().context("cannot create a KVM VM")?;
+    // Shared with the PCI root (ioeventfds) and the MSI routing table, which use it from vCPU threads.
+    let vm = Arc::new(kvm.create_vm().context("cannot create a KVM VM")?);
     vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
         .context("KVM_SET_TSS_ADDR")?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
@@ -82,10 +84,15 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
         }
         None => None,
     };
+    let pci_mmio64 = crate::pci::mmio64_window(
+        config.memory,
+        physical_address_bits(supported_cpuid.as_slice()),
+    );
     let rsdp = write_acpi_tables(
         &mem,
         &AcpiConfig {
             num_cpus: config.cpus,
+            pci_mmio64,
         },
     )
     .context("cannot build the ACPI tables")?;
@@ -159,6 +166,11 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     let stop = Arc::new(AtomicBool::new(false));
     let pio = Arc::new(platform.pio);
     let mmio = Arc::new(platform.mmio);
+    // --- PCI bus 0 (issue 3): host bridge, 0xCF8/0xCFC, ECAM; devices attach with
+    // `_pci.attach_pci_device(Arc::new(Mutex::new(device)))` before the vCPU threads start (it lives
+    // until `run` returns).
+    let _pci = PciSystem::new(vm.clone(), &pio, &mmio, config.memory, pci_mmio64)?;
+    // --- end PCI
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuRunContext {
@@ -233,10 +245,10 @@ fn check_address_width(memory: u64, bits: Option<u32>) -> anyhow::Result<()> {
     let limit = 1u128 << bits;
     if u128::from(end) > limit {
         bail!(
-            "--memory {} GiB: guest RAM would end at {end:#x}, beyond the {bits}-bit physical \
-             address space ({} GiB) of this host's CPUs",
-            memory >> 30,
-            limit >> 30
+            "--memory {}: guest RAM would end at {end:#x}, beyond the {bits}-bit physical \
+             address space ({}) of this host's CPUs",
+            crate::config::format_size(memory),
+            crate::config::format_size(u64::try_from(limit).unwrap_or(u64::MAX))
         );
     }
     Ok(())

@@ -7,9 +7,13 @@
 #![deny(missing_docs)]
 
 pub mod acpi_pm;
+pub mod block;
 pub mod boot_marker;
 pub mod bus;
 pub mod i8042;
+pub mod nvme;
+pub mod pci;
+pub mod rate_limiter;
 pub mod serial;
 
 /// Why the guest asked the VM to stop.

@@ -12,11 +12,14 @@ use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags as FadtFlags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+
+use super::layout::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START};
 
 /// Guest-physical address of the RSDP; also the start of the ACPI area.
 pub const RSDP_ADDR: u64 = 0x000e_0000;
@@ -109,10 +112,13 @@ mod iapc_boot_arch {
 }
 
 /// What the guest's ACPI tables describe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AcpiConfig {
     /// Number of vCPUs; vCPU i has APIC ID i and ACPI processor UID i.
     pub num_cpus: u32,
+    /// The 64-bit PCI BAR window (base, size) the host bridge's `_CRS` announces, if any
+    /// (`crate::pci::mmio64_window`).
+    pub pci_mmio64: Option<(u64, u64)>,
 }
 
 /// Errors building or writing the ACPI tables.
@@ -175,13 +181,19 @@ pub fn write_acpi_tables(
 
     let com1 = Com1;
     let i8042 = I8042Keyboard;
-    let dsdt = build_dsdt(&[&com1, &i8042]);
+    // --- PCI (issue 3): the host bridge and the ECAM window's motherboard reservation.
+    let pci = PciHostBridge {
+        mmio64: config.pci_mmio64,
+    };
+    let ecam_reservation = EcamReservation;
+    let dsdt = build_dsdt(&[&com1, &i8042, &pci, &ecam_reservation]);
     let dsdt_addr = area.place(&dsdt)?;
 
     // The tables the XSDT lists; adding a table is one line here (e.g. an MCFG for the ECAM).
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(area.place(&build_fadt(dsdt_addr))?);
     xsdt.add_entry(area.place(&build_madt(config.num_cpus))?);
+    xsdt.add_entry(area.place(&build_mcfg())?);
 
     let xsdt_addr = area.place(&xsdt)?;
 
@@ -553,6 +565,73 @@ impl Aml for I8042Keyboard {
     }
 }
 
+// --- PCI (issue 3, docs/pci.md) ---
+
+/// Builds the MCFG: one ECAM window, segment 0, buses 0–0, at [`PCI_ECAM_START`].
+pub fn build_mcfg() -> impl Aml {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    mcfg
+}
+
+/// `\_SB_.PCI0`: the PCIe host bridge of segment 0, bus 0, and the windows it decodes: bus 0, the
+/// configuration ports 0xCF8–0xCFF, the 32-bit BAR window and the 64-bit one if there is one. No
+/// `_PRT`: flint's PCI devices interrupt with MSI-X only.
+struct PciHostBridge {
+    mmio64: Option<(u64, u64)>,
+}
+
+impl Aml for PciHostBridge {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+        let config_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+        let mmio32 = aml::AddressSpace::new_memory(
+            aml::AddressSpaceCacheable::NotCacheable,
+            true,
+            PCI_MMIO32_START as u32,
+            (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32,
+            None,
+        );
+        let mmio64 = self.mmio64.map(|(base, size)| {
+            aml::AddressSpace::new_memory(
+                aml::AddressSpaceCacheable::NotCacheable,
+                true,
+                base,
+                base + (size - 1),
+                None,
+            )
+        });
+        let mut resources: Vec<&dyn Aml> = vec![&bus, &config_ports, &mmio32];
+        if let Some(m) = &mmio64 {
+            resources.push(m);
+        }
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+        let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+        let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+        let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(resources));
+        aml::Device::new("PCI0".into(), vec![&hid, &cid, &uid, &seg, &bbn, &crs])
+            .to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB_.MBRD`: a motherboard-resources device (PNP0C02) claiming the ECAM window, which Linux
+/// wants reserved there (or in the e820 map, which flint also does) before it trusts the MCFG.
+struct EcamReservation;
+
+impl Aml for EcamReservation {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let ecam = aml::Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&ecam]));
+        aml::Device::new("MBRD".into(), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+    }
+}
+
+// --- end PCI ---
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,12 +693,20 @@ mod tests {
         xsdt: Vec<u8>,
         fadt: Vec<u8>,
         madt: Vec<u8>,
+        mcfg: Vec<u8>,
         dsdt: Vec<u8>,
     }
 
+    /// The 64-bit PCI window the tests announce.
+    const TEST_MMIO64: (u64, u64) = (0x1_0000_0000, 0x10_0000_0000);
+
     fn build(num_cpus: u32) -> Tables {
         let mem = guest_memory();
-        let rsdp_addr = write_acpi_tables(&mem, &AcpiConfig { num_cpus }).unwrap();
+        let config = AcpiConfig {
+            num_cpus,
+            pci_mmio64: Some(TEST_MMIO64),
+        };
+        let rsdp_addr = write_acpi_tables(&mem, &config).unwrap();
         assert_eq!(rsdp_addr, GuestAddress(RSDP_ADDR));
         let rsdp = read(&mem, RSDP_ADDR, 36);
         let xsdt = table(&mem, u64_at(&rsdp, 24));
@@ -627,15 +714,17 @@ mod tests {
             .step_by(8)
             .map(|off| u64_at(&xsdt, off))
             .collect();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
         let fadt = table(&mem, entries[0]);
         let madt = table(&mem, entries[1]);
+        let mcfg = table(&mem, entries[2]);
         let dsdt = table(&mem, u64_at(&fadt, 140));
         Tables {
             rsdp,
             xsdt,
             fadt,
             madt,
+            mcfg,
             dsdt,
         }
     }
@@ -831,10 +920,78 @@ mod tests {
     }
 
     #[test]
+    fn mcfg_describes_the_ecam_window() {
+        let t = build(1);
+        let m = &t.mcfg;
+        assert_eq!(&m[0..4], b"MCFG");
+        // Header, 8 reserved bytes, one 16-byte allocation structure.
+        assert_eq!(m.len(), HEADER_LEN + 8 + 16);
+        let e = &m[HEADER_LEN + 8..];
+        assert_eq!(u64_at(e, 0), 0xe000_0000, "ECAM base");
+        assert_eq!(u16_at(e, 8), 0, "segment");
+        assert_eq!((e[10], e[11]), (0, 0), "bus range");
+    }
+
+    #[test]
+    fn dsdt_pci_host_bridge() {
+        let t = build(1);
+        let d = &t.dsdt;
+        let find = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"PCI0"));
+        // EISAID("PNP0A08"), EISAID("PNP0A03"), _SEG, _BBN.
+        assert!(find(&[0x0c, 0x41, 0xd0, 0x0a, 0x08]));
+        assert!(find(&[0x0c, 0x41, 0xd0, 0x0a, 0x03]));
+        assert!(find(b"_SEG"));
+        assert!(find(b"_BBN"));
+        // WordBusNumber 0-0: descriptor 0x88, type 2, min 0, max 0, length 1.
+        assert!(find(&[
+            0x88, 13, 0, 2, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0
+        ]));
+        // IO(Decode16, 0xCF8, 0xCF8, 1, 8).
+        assert!(find(&[0x47, 1, 0xf8, 0x0c, 0xf8, 0x0c, 1, 8]));
+        // DWordMemory 0xC0000000-0xDFFFFFFF, read-write, non-cacheable.
+        let mut dword = vec![0x87, 23, 0, 0, 0x0c, 0x01, 0, 0, 0, 0];
+        dword.extend_from_slice(&0xc000_0000u32.to_le_bytes());
+        dword.extend_from_slice(&0xdfff_ffffu32.to_le_bytes());
+        dword.extend_from_slice(&0u32.to_le_bytes());
+        dword.extend_from_slice(&0x2000_0000u32.to_le_bytes());
+        assert!(find(&dword));
+        // QWordMemory for the 64-bit window.
+        let (base, size) = TEST_MMIO64;
+        let mut qword = vec![0x8a, 43, 0, 0, 0x0c, 0x01];
+        qword.extend_from_slice(&0u64.to_le_bytes());
+        qword.extend_from_slice(&base.to_le_bytes());
+        qword.extend_from_slice(&(base + size - 1).to_le_bytes());
+        qword.extend_from_slice(&0u64.to_le_bytes());
+        qword.extend_from_slice(&size.to_le_bytes());
+        assert!(find(&qword));
+        // MBRD (PNP0C02) reserves the ECAM window: Memory32Fixed(RW, 0xE0000000, 0x10000000).
+        assert!(find(b"MBRD"));
+        assert!(find(&[0x0c, 0x41, 0xd0, 0x0c, 0x02]));
+        assert!(find(&[0x86, 9, 0, 1, 0, 0, 0, 0xe0, 0, 0, 0, 0x10]));
+        // Without a 64-bit window there is no QWordMemory.
+        let mem = guest_memory();
+        write_acpi_tables(
+            &mem,
+            &AcpiConfig {
+                num_cpus: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let rsdp = read(&mem, RSDP_ADDR, 36);
+        let xsdt = table(&mem, u64_at(&rsdp, 24));
+        let fadt = table(&mem, u64_at(&xsdt, HEADER_LEN));
+        let dsdt = table(&mem, u64_at(&fadt, 140));
+        assert!(!dsdt.windows(2).any(|w| w == [0x8a, 43]));
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+    }
+
+    #[test]
     fn tables_are_packed_in_area_and_checksummed() {
         // table() checks the area bounds, alignment and checksum of each table.
         let t = build(254);
-        for bytes in [&t.xsdt, &t.fadt, &t.madt, &t.dsdt] {
+        for bytes in [&t.xsdt, &t.fadt, &t.madt, &t.mcfg, &t.dsdt] {
             assert_eq!(sum(bytes), 0);
         }
     }
@@ -843,7 +1000,13 @@ mod tests {
     fn zero_cpus_is_an_error() {
         let mem = guest_memory();
         assert!(matches!(
-            write_acpi_tables(&mem, &AcpiConfig { num_cpus: 0 }),
+            write_acpi_tables(
+                &mem,
+                &AcpiConfig {
+                    num_cpus: 0,
+                    ..Default::default()
+                }
+            ),
             Err(AcpiError::NoCpus)
         ));
     }
@@ -853,7 +1016,13 @@ mod tests {
         let mem = guest_memory();
         for num_cpus in [9000, 100_000, u32::MAX] {
             assert!(matches!(
-                write_acpi_tables(&mem, &AcpiConfig { num_cpus }),
+                write_acpi_tables(
+                    &mem,
+                    &AcpiConfig {
+                        num_cpus,
+                        ..Default::default()
+                    }
+                ),
                 Err(AcpiError::TooLarge { .. })
             ));
         }
@@ -863,7 +1032,13 @@ mod tests {
     fn missing_guest_memory_is_an_error() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xa0000)]).unwrap();
         assert!(matches!(
-            write_acpi_tables(&mem, &AcpiConfig { num_cpus: 1 }),
+            write_acpi_tables(
+                &mem,
+                &AcpiConfig {
+                    num_cpus: 1,
+                    ..Default::default()
+                }
+            ),
             Err(AcpiError::GuestMemory { .. })
         ));
     }

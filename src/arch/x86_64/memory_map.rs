@@ -2,8 +2,8 @@
 //! Linux boot protocol, the same ranges for PVH).
 
 use super::layout::{
-    ACPI_AREA_START, EBDA_START, HIGH_MEMORY_START, LOW_MEMORY_END, MMIO_HOLE_START,
-    RAM_ABOVE_4G_START,
+    ACPI_AREA_START, EBDA_START, HIGH_MEMORY_START, LOW_MEMORY_END, MMIO_HOLE_START, PCI_ECAM_SIZE,
+    PCI_ECAM_START, RAM_ABOVE_4G_START,
 };
 
 /// e820 type of usable RAM.
@@ -76,6 +76,13 @@ pub fn memory_map(mem_size: u64) -> Vec<MemoryMapEntry> {
             });
         }
     }
+    // The PCIe ECAM window (issue 3): Linux uses the MCFG only if the window is reserved.
+    map.push(MemoryMapEntry {
+        addr: PCI_ECAM_START,
+        size: PCI_ECAM_SIZE,
+        kind: E820_RESERVED,
+    });
+    map.sort_by_key(|e| e.addr);
     map
 }
 
@@ -97,10 +104,8 @@ mod tests {
     fn small_guest_is_one_range_below_the_hole() {
         assert_eq!(ram_ranges(512 * MIB), vec![(0, 512 * MIB)]);
         let map = memory_map(512 * MIB);
-        assert_eq!(
-            map.last().unwrap().addr + map.last().unwrap().size,
-            512 * MIB
-        );
+        let last_ram = map.iter().rfind(|e| e.kind == E820_RAM).unwrap();
+        assert_eq!(last_ram.addr + last_ram.size, 512 * MIB);
         // Everything but the EBDA and the 640K-1M hole is RAM.
         assert_eq!(
             ram_total(&map),
@@ -114,7 +119,7 @@ mod tests {
         assert_eq!(ram_ranges(mem), vec![(0, 3 * GIB), (4 * GIB, 141 * GIB)]);
         assert_eq!(ram_end(mem), 145 * GIB);
         let map = memory_map(mem);
-        for e in &map {
+        for e in map.iter().filter(|e| e.kind == E820_RAM) {
             let end = e.addr + e.size;
             assert!(
                 end <= MMIO_HOLE_START || e.addr >= RAM_ABOVE_4G_START,
@@ -128,6 +133,18 @@ mod tests {
     fn exactly_three_gib_has_no_high_range() {
         assert_eq!(ram_ranges(3 * GIB), vec![(0, 3 * GIB)]);
         assert_eq!(ram_end(3 * GIB), 3 * GIB);
+    }
+
+    #[test]
+    fn ecam_window_is_reserved() {
+        for mem in [2 * MIB, 3 * GIB, 144 * GIB] {
+            let map = memory_map(mem);
+            assert!(map.contains(&MemoryMapEntry {
+                addr: 0xe000_0000,
+                size: 0x1000_0000,
+                kind: E820_RESERVED
+            }));
+        }
     }
 
     #[test]

@@ -115,7 +115,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             (last.addr, last.size, last.type_),
-            (map[map.len() - 1].addr, map[map.len() - 1].size, 1)
+            (
+                map[map.len() - 1].addr,
+                map[map.len() - 1].size,
+                map[map.len() - 1].kind
+            )
         );
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(si.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x3000_0000, 4096));

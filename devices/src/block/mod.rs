@@ -1,0 +1,301 @@
+//! Disk-file backends for block devices (the NVMe controller now, virtio-blk later).
+//!
+//! A [`BlockBackend`] is one host file (or host block device) opened for a guest volume:
+//! - a read-only volume opens the file `O_RDONLY` and never writes to it;
+//! - the file is locked with a non-blocking exclusive `flock`, so two VMMs cannot open one volume
+//!   (the second gets "disk PATH is in use by another process");
+//! - reads and writes are positional (`pread`/`pwrite`), so one backend serves several queues;
+//! - flush is `fdatasync`;
+//! - discard and write-zeroes punch a hole (`fallocate(PUNCH_HOLE | KEEP_SIZE)`), falling back to
+//!   writing zeroes where the filesystem refuses.
+//!
+//! Device models use the [`BlockIo`] trait rather than the concrete type, so tests can put a failing
+//! backend behind a controller.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FallocateFlags, FlockOperation};
+
+/// The I/O a block device model needs from its backing store. Every method reports failures as
+/// `io::Error`; the device model turns them into guest-visible error statuses.
+pub trait BlockIo: Send {
+    /// Size of the backing store in bytes.
+    fn size(&self) -> u64;
+    /// Whether the volume is read-only (no method that writes may be called).
+    fn read_only(&self) -> bool;
+    /// Fills `buf` from `offset`. Fails (rather than returning a short read) if the store ends first.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every completed write durable (`fdatasync`).
+    fn flush(&self) -> io::Result<()>;
+    /// The guest no longer needs `[offset, offset + len)`; afterwards the range reads as zeroes.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Makes `[offset, offset + len)` read as zeroes.
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// Errors opening a disk file.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The file could not be opened or inspected.
+    #[error("cannot open disk {path}: {source}")]
+    Open {
+        /// The disk file.
+        path: PathBuf,
+        /// What the host said.
+        source: io::Error,
+    },
+    /// Another process (another VMM) holds the lock on the file.
+    #[error("disk {path} is in use by another process")]
+    InUse {
+        /// The disk file.
+        path: PathBuf,
+    },
+    /// The file cannot be locked for another reason.
+    #[error("cannot lock disk {path}: {source}")]
+    Lock {
+        /// The disk file.
+        path: PathBuf,
+        /// What the host said.
+        source: io::Error,
+    },
+}
+
+/// Largest chunk written at once when zeroes have to be written out by hand.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// A disk file opened for one guest volume. See the module documentation.
+#[derive(Debug)]
+pub struct BlockBackend {
+    file: File,
+    path: PathBuf,
+    read_only: bool,
+    size: u64,
+}
+
+impl BlockBackend {
+    /// Opens `path` read-only (`O_RDONLY`) or read-write and takes the exclusive lock on it.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let kind = file.metadata().map_err(open_err)?.file_type();
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(open_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file or block device",
+            )));
+        }
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(BlockError::InUse {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => {
+                return Err(BlockError::Lock {
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                })
+            }
+        }
+        // Seeking to the end measures regular files and host block devices alike.
+        let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            read_only,
+            size,
+        })
+    }
+
+    /// The path the backend was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.read_only {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the volume is read-only",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn zero_by_writing(&self, offset: u64, len: u64) -> io::Result<()> {
+        let chunk = vec![0u8; ZERO_CHUNK.min(usize::try_from(len).unwrap_or(ZERO_CHUNK))];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64) as usize;
+            self.file.write_all_at(&chunk[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, flags, offset, len) {
+            Ok(()) => Ok(()),
+            // The filesystem (or block device) cannot punch holes: write the zeroes instead.
+            Err(rustix::io::Errno::OPNOTSUPP)
+            | Err(rustix::io::Errno::NOSYS)
+            | Err(rustix::io::Errno::INVAL)
+            | Err(rustix::io::Errno::NODEV) => self.zero_by_writing(offset, len),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl BlockIo for BlockBackend {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.check_writable()?;
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            // Nothing this process wrote can be pending.
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.punch_hole(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.punch_hole(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn temp_disk(len: u64) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(len).unwrap();
+        f
+    }
+
+    #[test]
+    fn reads_back_what_it_wrote() {
+        let f = temp_disk(1 << 20);
+        let b = BlockBackend::open(f.path(), false).unwrap();
+        assert_eq!(b.size(), 1 << 20);
+        assert!(!b.read_only());
+        b.write_at(&[0xab; 4096], 8192).unwrap();
+        b.flush().unwrap();
+        let mut buf = [0u8; 4096];
+        b.read_at(&mut buf, 8192).unwrap();
+        assert_eq!(buf, [0xab; 4096]);
+        // Past the end is an error, not a short read.
+        assert!(b.read_at(&mut buf, (1 << 20) - 100).is_err());
+    }
+
+    #[test]
+    fn read_only_never_writes() {
+        let f = temp_disk(65536);
+        std::fs::write(f.path(), vec![7u8; 65536]).unwrap();
+        let b = BlockBackend::open(f.path(), true).unwrap();
+        assert!(b.read_only());
+        assert!(b.write_at(&[1; 512], 0).is_err());
+        assert!(b.discard(0, 4096).is_err());
+        assert!(b.write_zeroes(0, 4096).is_err());
+        b.flush().unwrap();
+        drop(b);
+        assert_eq!(std::fs::read(f.path()).unwrap(), vec![7u8; 65536]);
+    }
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let f = temp_disk(4096);
+        let first = BlockBackend::open(f.path(), false).unwrap();
+        let err = BlockBackend::open(f.path(), true).unwrap_err();
+        assert!(matches!(err, BlockError::InUse { .. }));
+        assert_eq!(
+            err.to_string(),
+            format!("disk {} is in use by another process", f.path().display())
+        );
+        drop(first);
+        BlockBackend::open(f.path(), false).unwrap();
+    }
+
+    #[test]
+    fn missing_file_or_directory_is_an_open_error() {
+        let err = BlockBackend::open(Path::new("/nonexistent/flint-disk.img"), false).unwrap_err();
+        assert!(matches!(err, BlockError::Open { .. }));
+        let dir = tempfile::tempdir().unwrap();
+        let err = BlockBackend::open(dir.path(), true).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn discard_punches_a_hole() {
+        let f = temp_disk(0);
+        std::fs::write(f.path(), vec![0x5au8; 1 << 20]).unwrap();
+        let b = BlockBackend::open(f.path(), false).unwrap();
+        b.flush().unwrap();
+        let before = std::fs::metadata(f.path()).unwrap().blocks();
+        b.discard(0, 512 * 1024).unwrap();
+        b.write_zeroes(512 * 1024, 256 * 1024).unwrap();
+        let after = std::fs::metadata(f.path()).unwrap();
+        assert_eq!(after.len(), 1 << 20, "the size is kept");
+        assert!(
+            after.blocks() < before,
+            "allocated blocks {before} -> {}",
+            after.blocks()
+        );
+        let mut buf = vec![1u8; 768 * 1024];
+        b.read_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&x| x == 0));
+        let mut tail = vec![0u8; 256 * 1024];
+        b.read_at(&mut tail, 768 * 1024).unwrap();
+        assert!(tail.iter().all(|&x| x == 0x5a));
+    }
+
+    #[test]
+    fn zero_fallback_writes_zeroes() {
+        let f = temp_disk(0);
+        std::fs::write(f.path(), vec![3u8; 3 * ZERO_CHUNK]).unwrap();
+        let b = BlockBackend::open(f.path(), false).unwrap();
+        b.zero_by_writing(100, 2 * ZERO_CHUNK as u64 + 5).unwrap();
+        let data = std::fs::read(f.path()).unwrap();
+        assert!(data[..100].iter().all(|&x| x == 3));
+        assert!(data[100..100 + 2 * ZERO_CHUNK + 5].iter().all(|&x| x == 0));
+        assert!(data[100 + 2 * ZERO_CHUNK + 5..].iter().all(|&x| x == 3));
+    }
+}
