@@ -17,7 +17,7 @@ FRAGMENT=$HERE/kernel.config
 INIT_SCRIPT=$HERE/init.sh
 ROOTFS_MIB=64
 # Bump when the way the kernel is configured or built below changes.
-KERNEL_RECIPE=1
+KERNEL_RECIPE=2
 # Applets the init script uses (plus sh). Keep in sync with init.sh.
 APPLETS=(sh mount devmem awk reboot setsid cttyhack insmod)
 # Fixed identity for reproducible images.
@@ -100,7 +100,7 @@ find_busybox() {
 
 stage_deps() {
 	if [[ $MODE == stock ]]; then
-		ensure_packages busybox-static cpio xz-utils binutils
+		ensure_packages busybox-static cpio xz-utils binutils kmod
 		find_busybox
 		EPOCH=${SOURCE_DATE_EPOCH:-$(stat -c %Y "$BUSYBOX")}
 		return 0
@@ -176,7 +176,7 @@ KERNEL_HASH=
 
 kmake() {
 	make -C "$SRC" -s ARCH=x86_64 \
-		KBUILD_BUILD_USER=flint KBUILD_BUILD_HOST=flint \
+		KBUILD_BUILD_USER=flint KBUILD_BUILD_HOST=flint KBUILD_BUILD_VERSION=1 \
 		KBUILD_BUILD_TIMESTAMP="$(date -u -d "@$EPOCH" '+%Y-%m-%d')" \
 		"$@"
 }
@@ -228,7 +228,7 @@ stage_kernel() {
 		die "kernel configuration failed (log: $clog)"
 	}
 	verify_config
-	log "building $KVER with $(nproc) jobs (cold: ~12 min on 2 cores)"
+	log "building $KVER with $(nproc) jobs (cold: 5-12 min on 2 cores)"
 	kmake -j"$(nproc)" vmlinux bzImage
 	echo "$KERNEL_HASH" >"$stamp"
 }
@@ -301,9 +301,16 @@ stage_images() {
 #
 # Stage: outputs + manifest
 #
-# The PVM-safe command line (docs: /work/shared/notes/pvm-host.md), with ACPI
-# kept on because flint describes the CPUs only in its ACPI MADT.
-CMDLINE="console=ttyS0 nokaslr noxsave nosmap mitigations=off clearcpuid=popcnt,cx16,rdrand,rdseed,smap,fsgsbase,rdpid,pcid,invpcid,erms,fsrm tsc=reliable nowatchdog initcall_blacklist=cmos_init,rtc_init panic=-1"
+# The PVM-safe command line of /work/shared/notes/pvm-host.md, with ACPI kept
+# on (flint describes its CPUs only in the ACPI MADT) and kvmclock kept on
+# ("no-kvmclock" dropped): with a hardware-reduced FADT Linux starts no PIT, and
+# PIT calibration fails under PVM anyway, so without kvmclock the TSC frequency
+# is unknown and the boot hangs at "Calibrating delay loop" (measured under QEMU
+# microvm). kvmclock supplies the TSC frequency and the wall clock (no CMOS RTC
+# read). clocksource=tsc keeps the TSC as clocksource, so the vDSO reads time
+# without system calls. A VMM without kvmclock must append
+# tsc_early_khz=<host TSC kHz> instead. panic=-1: a panic resets the VM at once.
+CMDLINE="console=ttyS0 nokaslr noxsave nosmap mitigations=off clearcpuid=popcnt,cx16,rdrand,rdseed,smap,fsgsbase,rdpid,pcid,invpcid,erms,fsrm tsc=reliable clocksource=tsc nowatchdog initcall_blacklist=cmos_init,rtc_init panic=-1"
 
 # copy_if_changed SRC DST: keep DST (and its mtime) when the content is the same
 copy_if_changed() {
@@ -368,7 +375,7 @@ stage_stock() {
 	deb=$(find "$dir" -maxdepth 1 -name "${pkg}_*.deb" | head -1)
 	if [[ -z $deb ]]; then
 		log "downloading $pkg $ver"
-		(cd "$dir" && apt-get -qq download "$pkg")
+		(cd "$dir" && apt-get -qq -o APT::Sandbox::User=root download "$pkg")
 		deb=$(find "$dir" -maxdepth 1 -name "${pkg}_*.deb" | head -1)
 	fi
 	root=$dir/${pkg}
@@ -382,6 +389,9 @@ stage_stock() {
 	[[ -n $kver ]] || die "no modules in $deb"
 	# resolve dependencies from modules.dep, dependencies first
 	local moddir=$root/lib/modules/$kver
+	# the package ships no modules.dep (its postinst runs depmod)
+	[[ -f $moddir/modules.dep ]] || depmod -b "$root" "$kver" ||
+		die "depmod failed for $kver"
 	local -a order=()
 	local -A seen=()
 	add_mod() { # path relative to $moddir
@@ -395,7 +405,11 @@ stage_stock() {
 	for m in "${STOCK_MODULES[@]}"; do
 		f=$(grep -m1 -E "(^|/)${m}\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | cut -d: -f1 || true)
 		if [[ -z $f ]]; then
-			log "stock: module $m not found (built in?)"
+			if grep -qE "(^|/)${m}\.ko" "$moddir/modules.builtin"; then
+				log "stock: $m is built into the kernel"
+			else
+				log "stock: WARNING: module $m not found"
+			fi
 			continue
 		fi
 		add_mod "$f"
