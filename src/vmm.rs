@@ -54,6 +54,10 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
 
     // Shared with the PCI root (ioeventfds) and the MSI routing table, which use it from vCPU threads.
     let vm = Arc::new(kvm.create_vm().context("cannot create a KVM VM")?);
+    // Guest RAM is registered before the irqchip and PIT exist: afterwards each memory-slot change
+    // waits for KVM to synchronise with them, which costs 4-8 ms on PVM hosts (docs/benchmarks.md).
+    let mem = create_guest_memory(config.memory)?;
+    register_guest_memory(&vm, &mem)?;
     vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
         .context("KVM_SET_TSS_ADDR")?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
@@ -64,9 +68,6 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
         ..Default::default()
     })
     .context("KVM_CREATE_PIT2")?;
-
-    let mem = create_guest_memory(config.memory)?;
-    register_guest_memory(&vm, &mem)?;
 
     let kernel = load_kernel(&mem, &config.kernel)?;
     let cmdline = guest_cmdline(config, profile, kernel.is_linux);
