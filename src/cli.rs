@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Console: stdio, file=PATH or off [default: stdio].
     #[arg(long, value_name = "MODE")]
     pub serial: Option<String>,
+    /// An EBS-style volume as an NVMe controller (repeatable; nvme0n1, nvme1n1, ... in order):
+    /// path=FILE[,id=vol-...][,readonly=on][,block_size=512|4096][,name=sdf]
+    #[arg(long = "volume", value_name = "SPEC")]
+    pub volumes: Vec<String>,
     /// CPUID profile: auto (pvm-compat on PVM hosts), host or pvm-compat [default: auto].
     #[arg(long, value_name = "PROFILE")]
     pub cpu_profile: Option<String>,
@@ -79,6 +83,7 @@ impl RunArgs {
             cpu_profile: self.cpu_profile.clone(),
             instance_type: self.instance_type.clone(),
             instance_generation: self.instance_generation.clone(),
+            volumes: (!self.volumes.is_empty()).then(|| self.volumes.clone()),
         };
         let base = match &self.config {
             Some(path) => RawConfig::from_file(path)?,

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::arch::x86_64::cpuid::CpuProfile;
 use crate::instance::{find_instance_type, Generation, InstanceType, DEFAULT_INSTANCE_TYPE};
+use crate::volume::VolumeConfig;
 
 /// The most vCPUs flint gives a guest: xAPIC IDs are 8 bits and 0xFF is broadcast.
 pub const MAX_VCPUS: u32 = 254;
@@ -85,6 +86,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// CPUID profile.
     pub cpu_profile: CpuProfileChoice,
+    /// EBS-style volumes, each an NVMe controller, in PCI slot order.
+    pub volumes: Vec<VolumeConfig>,
 }
 
 /// The command line a guest gets when none is given.
@@ -112,6 +115,8 @@ pub struct RawConfig {
     pub instance_type: Option<String>,
     /// launch | current
     pub instance_generation: Option<String>,
+    /// `--volume` specs, e.g. "path=root.img,id=vol-0123456789abcdef0".
+    pub volumes: Option<Vec<String>>,
 }
 
 /// A memory size as written in a config file: "4G" or a plain number of MiB.
@@ -145,6 +150,9 @@ pub enum ConfigError {
     /// The config file could not be read or parsed.
     #[error("config file {0}: {1}")]
     File(PathBuf, String),
+    /// A malformed `--volume`.
+    #[error("--volume {0}: {1}")]
+    Volume(String, String),
     /// Unknown instance type or generation.
     #[error("--instance-type: {0}")]
     InstanceType(String),
@@ -225,6 +233,7 @@ impl RawConfig {
             cpu_profile: flags.cpu_profile.or(self.cpu_profile),
             instance_type: flags.instance_type.or(self.instance_type),
             instance_generation: flags.instance_generation.or(self.instance_generation),
+            volumes: flags.volumes.or(self.volumes),
         }
     }
 
@@ -284,8 +293,18 @@ impl RawConfig {
                 instance.name
             );
         }
+        let volumes = self
+            .volumes
+            .unwrap_or_default()
+            .iter()
+            .map(|spec| {
+                spec.parse()
+                    .map_err(|why| ConfigError::Volume(spec.clone(), why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(VmConfig {
             kernel,
+            volumes,
             initrd: self.initrd,
             cmdline: self.cmdline,
             instance,

@@ -16,3 +16,4 @@ pub mod signals;
 pub mod terminal;
 pub mod vcpu;
 pub mod vmm;
+pub mod volume;

@@ -37,7 +37,10 @@ use crate::exit::{ExitController, VmOutcome};
 use crate::loader::{load_initrd, load_kernel};
 use crate::pci::PciSystem;
 use crate::vcpu::{self, BootEntry, VcpuRunContext};
+use crate::volume::VolumeConfig;
 use crate::{host, signals, terminal};
+use devices::nvme::pci::NvmePci;
+use devices::nvme::NvmeConfig;
 
 /// Runs the VM described by `config` until it stops, and says why it stopped.
 pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcome> {
@@ -167,11 +170,12 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     let stop = Arc::new(AtomicBool::new(false));
     let pio = Arc::new(platform.pio);
     let mmio = Arc::new(platform.mmio);
-    // --- PCI bus 0 (issue 3): host bridge, 0xCF8/0xCFC, ECAM; devices attach with
-    // `_pci.attach_pci_device(Arc::new(Mutex::new(device)))` before the vCPU threads start (it lives
-    // until `run` returns).
-    let _pci = PciSystem::new(vm.clone(), &pio, &mmio, config.memory, pci_mmio64)?;
-    // --- end PCI
+    // PCI bus 0: host bridge, 0xCF8/0xCFC, ECAM; then one NVMe controller per volume. Everything
+    // attached lives until `run` returns (dropping an NVMe device stops its worker thread).
+    let pci = PciSystem::new(vm.clone(), &pio, &mmio, config.memory, pci_mmio64)?;
+    for (index, volume) in config.volumes.iter().enumerate() {
+        attach_volume(&pci, &mem, index, volume)?;
+    }
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuRunContext {
@@ -204,6 +208,31 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     Ok(exit
         .outcome()
         .unwrap_or_else(|| VmOutcome::Error("VM stopped without a reason".into())))
+}
+
+/// Opens `volume` and attaches it as an NVMe controller.
+fn attach_volume(
+    pci: &PciSystem,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    volume: &VolumeConfig,
+) -> anyhow::Result<()> {
+    let mut nvme = NvmeConfig::new(&volume.path);
+    nvme.read_only = volume.read_only;
+    nvme.block_size = volume.block_size;
+    nvme.volume_id = volume.id.clone();
+    nvme.device_name = volume
+        .name
+        .clone()
+        .or_else(|| devices::nvme::default_device_name(index));
+    let device = NvmePci::new(&nvme, mem.clone())
+        .map_err(|e| anyhow::anyhow!("--volume path={}: {e}", volume.path.display()))?;
+    let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
+    log::info!(
+        "volume {} is NVMe controller {index} at PCI 00:{slot:02x}.0",
+        volume.path.display()
+    );
+    Ok(())
 }
 
 fn resolve_cpu_profile(choice: CpuProfileChoice) -> CpuProfile {

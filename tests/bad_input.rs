@@ -172,3 +172,35 @@ fn unreadable_config_file() {
     std::fs::write(&path, "{ not json").unwrap();
     fails_with(&["run", "--config", path.to_str().unwrap()], "bad.json");
 }
+
+#[test]
+fn malformed_or_missing_volume() {
+    fails_with(
+        &[
+            "run",
+            "--kernel",
+            "/k",
+            "--volume",
+            "path=a.img,block_size=1024",
+        ],
+        "512 or 4096",
+    );
+    fails_with(
+        &["run", "--kernel", "/k", "--volume", "id=vol-1"],
+        "missing path",
+    );
+    if !kvm_available() {
+        return;
+    }
+    let kernel = probe("boot");
+    fails_with(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--volume",
+            "path=/nonexistent/disk.img",
+        ],
+        "--volume path=/nonexistent/disk.img",
+    );
+}
