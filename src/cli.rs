@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest and run it until it resets or powers off.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the EC2 instance types flint can shape a guest like.
     InstanceTypes {
         /// Which published figures: launch (November 2017) or current.
