@@ -21,6 +21,9 @@ devmem 0xf0000000 8 123 2>/dev/null
 [ -e /etc/flint-modules ] && . /etc/flint-modules
 
 echo FLINT-INIT-OK
+# What to read: NVMe identity only when a controller is there (booted with --volume).
+set -- /sys/devices/system/cpu/online /proc/meminfo /proc/cmdline
+[ -e /sys/class/nvme/nvme0/model ] && set -- "$@" /sys/class/nvme/nvme0/model /sys/class/nvme/nvme0/serial
 awk '
 FILENAME == "/sys/devices/system/cpu/online" {
 	n = 0
@@ -32,11 +35,16 @@ FILENAME == "/sys/devices/system/cpu/online" {
 /^MemTotal:/ { print "FLINT-MEMTOTAL-KB " $2 }
 FILENAME == "/proc/cmdline" {
 	print "FLINT-CMDLINE " $0
+	# The host checks this file on the root filesystem after the guest has rebooted.
+	print $0 > "/flint-cmdline"
+	close("/flint-cmdline")
 	if ((" " $0 " ") ~ / flint\.init=sh /)
 		interactive = 1
 }
 END { exit interactive ? 7 : 0 }
-' /sys/devices/system/cpu/online /proc/meminfo /proc/cmdline
+FILENAME ~ /nvme0\/model$/ { sub(/ +$/, ""); print "FLINT-NVME-MODEL " $0 }
+FILENAME ~ /nvme0\/serial$/ { sub(/ +$/, ""); print "FLINT-NVME-SERIAL " $0 }
+' "$@"
 
 case $? in
 7)
@@ -44,4 +52,6 @@ case $? in
 	setsid cttyhack sh
 	;;
 esac
+# reboot -f does not sync: flush what /init wrote to the root filesystem first.
+sync
 reboot -f

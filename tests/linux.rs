@@ -11,11 +11,11 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{in_ci, kvm_available, run_flint};
+use common::{in_ci, kvm_available, run_flint, scratch_path};
 
 fn guest_images() -> Option<PathBuf> {
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest-images/out");
-    let complete = ["vmlinux", "initramfs.cpio", "cmdline.txt"]
+    let complete = ["vmlinux", "initramfs.cpio", "cmdline.txt", "rootfs.ext4"]
         .iter()
         .all(|f| out.join(f).exists());
     if complete {
@@ -106,4 +106,101 @@ fn linux_boots_to_init_and_sees_its_cpus_memory_and_cmdline() {
         run.status,
         context()
     );
+}
+
+/// Runs a host tool and returns its stdout; fails the test if it cannot run or fails.
+fn host_tool(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn linux_boots_with_its_root_filesystem_on_nvme() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(out) = guest_images() else {
+        return;
+    };
+    // The guest writes to its root filesystem: give it a copy.
+    let disk = scratch_path("linux-root-nvme.ext4");
+    std::fs::copy(out.join("rootfs.ext4"), &disk).expect("copy rootfs.ext4");
+    let base_cmdline = std::fs::read_to_string(out.join("cmdline.txt")).expect("cmdline.txt");
+    let cmdline = format!(
+        "{} root=/dev/nvme0n1 rw rootfstype=ext4 flint.test=nvme-root-51c2",
+        base_cmdline.trim()
+    );
+    let kernel = out.join("vmlinux");
+    let volume = format!("path={},id=vol-0abcdef0123456789,name=sdf", disk.display());
+    let run = run_flint(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cpus",
+            "1",
+            "--memory",
+            "512M",
+            "--volume",
+            &volume,
+            "--cmdline",
+            &cmdline,
+        ],
+        Duration::from_secs(20 * 60),
+    );
+    println!(
+        "Linux root-on-NVMe test: launch to exit took {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    let console = &run.stdout;
+    let context = || format!("--- console ---\n{console}\n--- stderr ---\n{}", run.stderr);
+    // Linux's own nvme driver bound the controller and mounted the root filesystem from it.
+    for needle in [
+        "nvme nvme0: pci function 0000:00:01.0",
+        "EXT4-fs (nvme0n1): mounted filesystem",
+        "VFS: Mounted root (ext4 filesystem)",
+        "FLINT-INIT-OK",
+    ] {
+        assert!(
+            console.contains(needle),
+            "missing {needle:?}\n{}",
+            context()
+        );
+    }
+    assert_eq!(
+        line_value(console, "FLINT-NVME-MODEL "),
+        Some("Amazon Elastic Block Store"),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        line_value(console, "FLINT-NVME-SERIAL "),
+        Some("vol0abcdef0123456789"),
+        "{}",
+        context()
+    );
+    assert!(
+        run.status.success(),
+        "flint exited with {:?}\n{}",
+        run.status,
+        context()
+    );
+
+    // What the guest wrote and synced is in the image file, and the filesystem is clean.
+    let disk_arg = disk.to_str().unwrap();
+    let written = host_tool("debugfs", &["-R", "cat /flint-cmdline", disk_arg]);
+    assert!(
+        written.contains("flint.test=nvme-root-51c2"),
+        "file on disk: {written:?}"
+    );
+    host_tool("e2fsck", &["-fn", disk_arg]);
 }
