@@ -19,12 +19,14 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
-use super::layout::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START};
+use devices::{acpi_pm, i8042};
+
+use super::layout::{self, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START};
 
 /// Guest-physical address of the RSDP; also the start of the ACPI area.
-pub const RSDP_ADDR: u64 = 0x000e_0000;
+pub const RSDP_ADDR: u64 = layout::ACPI_AREA_START;
 /// End (exclusive) of the ACPI area: every table lies in `RSDP_ADDR..ACPI_AREA_END`.
-pub const ACPI_AREA_END: u64 = 0x0010_0000;
+pub const ACPI_AREA_END: u64 = layout::HIGH_MEMORY_START;
 
 /// OEM ID in every table header and in the RSDP.
 pub const OEM_ID: [u8; 6] = *b"FLINT ";
@@ -38,33 +40,34 @@ pub const CREATOR_ID: [u8; 4] = *b"FLNT";
 pub const CREATOR_REVISION: u32 = 1;
 
 /// The local APICs' MMIO base (in-kernel, KVM).
-pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+pub const LAPIC_ADDR: u32 = layout::LAPIC_ADDR as u32;
 /// The IOAPIC's MMIO base (in-kernel, KVM).
-pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub const IOAPIC_ADDR: u32 = layout::IOAPIC_ADDR as u32;
 
+// The ACPI power-management registers are those of `devices::acpi_pm`, at `layout::ACPI_PM_PORT`.
 /// ACPI sleep control register (8-bit): SLP_TYP in bits 2-4, SLP_EN bit 5.
-pub const SLEEP_CONTROL_PORT: u16 = 0x600;
+pub const SLEEP_CONTROL_PORT: u16 = layout::ACPI_PM_PORT + acpi_pm::SLEEP_CONTROL_OFFSET as u16;
 /// ACPI sleep status register (8-bit).
-pub const SLEEP_STATUS_PORT: u16 = 0x601;
+pub const SLEEP_STATUS_PORT: u16 = layout::ACPI_PM_PORT + acpi_pm::SLEEP_STATUS_OFFSET as u16;
 /// ACPI reset register (8-bit).
-pub const RESET_PORT: u16 = 0x602;
+pub const RESET_PORT: u16 = layout::ACPI_PM_PORT + acpi_pm::RESET_OFFSET as u16;
 /// The value the guest writes to [`RESET_PORT`] to reset the machine.
-pub const RESET_VALUE: u8 = 0x01;
+pub const RESET_VALUE: u8 = acpi_pm::RESET_VALUE;
 /// ACPI PM1a control block (16-bit), for guests that ignore the hardware-reduced flag.
-pub const PM1A_CNT_PORT: u16 = 0x604;
+pub const PM1A_CNT_PORT: u16 = layout::ACPI_PM_PORT + acpi_pm::PM1A_CONTROL_OFFSET as u16;
 /// Length in bytes of the PM1a control block.
 pub const PM1_CNT_LEN: u8 = 2;
 /// The SLP_TYP value of the S5 (soft off) state, as declared by `\_S5_`.
-pub const S5_SLP_TYP: u8 = 5;
+pub const S5_SLP_TYP: u8 = acpi_pm::S5_SLEEP_TYPE;
 
 /// COM1's I/O base.
-const COM1_PORT: u16 = 0x3f8;
+const COM1_PORT: u16 = layout::COM1_PORT;
 /// COM1's ISA IRQ.
-const COM1_IRQ: u32 = 4;
+const COM1_IRQ: u32 = layout::COM1_IRQ;
 /// The i8042 data port.
-const I8042_DATA_PORT: u16 = 0x60;
+const I8042_DATA_PORT: u16 = layout::I8042_PORT + i8042::DATA_OFFSET as u16;
 /// The i8042 command/status port.
-const I8042_COMMAND_PORT: u16 = 0x64;
+const I8042_COMMAND_PORT: u16 = layout::I8042_PORT + i8042::COMMAND_OFFSET as u16;
 /// The i8042 keyboard's ISA IRQ.
 const I8042_KBD_IRQ: u32 = 1;
 
