@@ -63,8 +63,19 @@ pub struct RunArgs {
     pub serial: Option<String>,
     /// An EBS-style volume as an NVMe controller (repeatable; nvme0n1, nvme1n1, ... in order):
     /// path=FILE[,id=vol-...][,readonly=on][,block_size=512|4096][,name=sdf]
+    /// [,type=gp2|gp3|io2][,iops=N][,throughput=N[K|M|G]] (throughput in bytes/s, 125M = 125 MiB/s)
     #[arg(long = "volume", value_name = "SPEC")]
     pub volumes: Vec<String>,
+    /// Seconds a full EBS burst-credit balance lasts at the instance's maximum EBS bandwidth
+    /// [default: 1800, EC2's 30 minutes; 0: no credits, baseline only].
+    #[arg(long, value_name = "N")]
+    pub ebs_burst_seconds: Option<u64>,
+    // -- virtio-blk disks (issue 4) --
+    /// A virtio-blk disk (repeatable; attached after the volumes):
+    /// path=FILE[,readonly=on][,id=NAME][,queues=N]
+    #[arg(long = "disk", value_name = "SPEC")]
+    pub disks: Vec<String>,
+    // -- end virtio-blk disks --
     /// CPUID profile: auto (pvm-compat on PVM hosts), host or pvm-compat [default: auto].
     #[arg(long, value_name = "PROFILE")]
     pub cpu_profile: Option<String>,
@@ -84,6 +95,8 @@ impl RunArgs {
             instance_type: self.instance_type.clone(),
             instance_generation: self.instance_generation.clone(),
             volumes: (!self.volumes.is_empty()).then(|| self.volumes.clone()),
+            ebs_burst_seconds: self.ebs_burst_seconds,
+            disks: (!self.disks.is_empty()).then(|| self.disks.clone()),
         };
         let base = match &self.config {
             Some(path) => RawConfig::from_file(path)?,

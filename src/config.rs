@@ -2,10 +2,12 @@
 //! that everything past this point can trust them.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::arch::x86_64::cpuid::CpuProfile;
+use crate::disk::DiskConfig;
 use crate::instance::{find_instance_type, Generation, InstanceType, DEFAULT_INSTANCE_TYPE};
 use crate::volume::VolumeConfig;
 
@@ -88,6 +90,15 @@ pub struct VmConfig {
     pub cpu_profile: CpuProfileChoice,
     /// EBS-style volumes, each an NVMe controller, in PCI slot order.
     pub volumes: Vec<VolumeConfig>,
+    // -- EBS rate limits (issue 5) --
+    /// How long a full EBS burst-credit balance lasts at the instance's maximum EBS bandwidth
+    /// (EC2: 30 minutes; zero: no credits, the baseline from the start).
+    pub ebs_burst: Duration,
+    // -- end EBS rate limits --
+    // -- virtio-blk disks (issue 4) --
+    /// virtio-blk disks, attached after the volumes, in PCI slot order.
+    pub disks: Vec<DiskConfig>,
+    // -- end virtio-blk disks --
 }
 
 /// The command line a guest gets when none is given.
@@ -117,6 +128,10 @@ pub struct RawConfig {
     pub instance_generation: Option<String>,
     /// `--volume` specs, e.g. "path=root.img,id=vol-0123456789abcdef0".
     pub volumes: Option<Vec<String>>,
+    /// Seconds a full EBS burst-credit balance lasts at the maximum (EC2: 1800).
+    pub ebs_burst_seconds: Option<u64>,
+    /// `--disk` specs, e.g. "path=scratch.img,readonly=on".
+    pub disks: Option<Vec<String>>,
 }
 
 /// A memory size as written in a config file: "4G" or a plain number of MiB.
@@ -153,10 +168,19 @@ pub enum ConfigError {
     /// A malformed `--volume`.
     #[error("--volume {0}: {1}")]
     Volume(String, String),
+    /// A malformed `--disk`.
+    #[error("--disk {0}: {1}")]
+    Disk(String, String),
     /// Unknown instance type or generation.
     #[error("--instance-type: {0}")]
     InstanceType(String),
+    /// EBS burst duration out of range.
+    #[error("--ebs-burst-seconds {0}: expected 0 to {MAX_EBS_BURST_SECONDS} seconds (EC2: 1800; 0: no burst credits)")]
+    EbsBurst(u64),
 }
+
+/// The longest EBS burst `--ebs-burst-seconds` takes: a year.
+pub const MAX_EBS_BURST_SECONDS: u64 = 365 * 24 * 3600;
 
 /// A byte count as the user would write it: the largest unit that divides it exactly (4G, 1000T, 512M).
 pub fn format_size(bytes: u64) -> String {
@@ -234,6 +258,8 @@ impl RawConfig {
             instance_type: flags.instance_type.or(self.instance_type),
             instance_generation: flags.instance_generation.or(self.instance_generation),
             volumes: flags.volumes.or(self.volumes),
+            ebs_burst_seconds: flags.ebs_burst_seconds.or(self.ebs_burst_seconds),
+            disks: flags.disks.or(self.disks),
         }
     }
 
@@ -302,7 +328,25 @@ impl RawConfig {
                     .map_err(|why| ConfigError::Volume(spec.clone(), why))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let ebs_burst = match self.ebs_burst_seconds {
+            None => devices::rate_limiter::EBS_BURST_DURATION,
+            Some(s) if s <= MAX_EBS_BURST_SECONDS => Duration::from_secs(s),
+            Some(s) => return Err(ConfigError::EbsBurst(s)),
+        };
+        // -- virtio-blk disks (issue 4) --
+        let disks = self
+            .disks
+            .unwrap_or_default()
+            .iter()
+            .map(|spec| {
+                spec.parse()
+                    .map_err(|why| ConfigError::Disk(spec.clone(), why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // -- end virtio-blk disks --
         Ok(VmConfig {
+            disks,
+            ebs_burst,
             kernel,
             volumes,
             initrd: self.initrd,
@@ -418,6 +462,85 @@ mod tests {
             Err(ConfigError::InstanceType(_))
         ));
     }
+
+    // -- EBS rate limits (issue 5) --
+    #[test]
+    fn ebs_burst_seconds_and_volume_caps() {
+        assert_eq!(
+            raw("k").validate().unwrap().ebs_burst,
+            Duration::from_secs(1800)
+        );
+        let burst = |s| {
+            RawConfig {
+                ebs_burst_seconds: Some(s),
+                ..raw("k")
+            }
+            .validate()
+        };
+        assert_eq!(burst(3).unwrap().ebs_burst, Duration::from_secs(3));
+        assert_eq!(burst(0).unwrap().ebs_burst, Duration::ZERO);
+        assert_eq!(burst(u64::MAX), Err(ConfigError::EbsBurst(u64::MAX)));
+        assert!(ConfigError::EbsBurst(u64::MAX)
+            .to_string()
+            .contains("expected 0 to 31536000 seconds"));
+        let flags = RawConfig {
+            ebs_burst_seconds: Some(5),
+            ..Default::default()
+        };
+        let file = RawConfig {
+            ebs_burst_seconds: Some(60),
+            ..raw("k")
+        };
+        assert_eq!(file.overridden_by(flags).ebs_burst_seconds, Some(5));
+        let json: RawConfig =
+            serde_json::from_str(r#"{"kernel": "k", "ebs_burst_seconds": 10}"#).unwrap();
+        assert_eq!(json.ebs_burst_seconds, Some(10));
+        // Malformed caps are one-line errors naming the volume and what is valid.
+        let err = RawConfig {
+            volumes: Some(vec!["path=a,type=gp3,iops=99".into()]),
+            ..raw("k")
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "--volume path=a,type=gp3,iops=99: iops=99: gp3 takes 3000 to 16000 IOPS"
+        );
+    }
+    // -- end EBS rate limits --
+
+    // -- virtio-blk disks (issue 4) --
+    #[test]
+    fn disks_from_flags_and_files() {
+        let json: RawConfig = serde_json::from_str(
+            r#"{"kernel": "k", "disks": ["path=a.img", "path=b.img,readonly=on,id=b"]}"#,
+        )
+        .unwrap();
+        let c = json.clone().validate().unwrap();
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[1].read_only);
+        assert_eq!(c.disks[1].id.as_deref(), Some("b"));
+        let flags = RawConfig {
+            disks: Some(vec!["path=c.img".into()]),
+            ..Default::default()
+        };
+        let c = json.overridden_by(flags).validate().unwrap();
+        assert_eq!(c.disks.len(), 1);
+        let err = RawConfig {
+            disks: Some(vec!["path=x.img,readonly=maybe".into()]),
+            ..raw("k")
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "--disk path=x.img,readonly=maybe: readonly=maybe: expected on or off"
+        );
+        assert!(raw("k").validate().unwrap().disks.is_empty());
+    }
+    // -- end virtio-blk disks --
 
     #[test]
     fn serial_and_profile_parse() {

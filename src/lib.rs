@@ -6,6 +6,7 @@ pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod disk;
 pub mod exit;
 pub mod host;
 pub mod instance;

@@ -173,9 +173,17 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     // PCI bus 0: host bridge, 0xCF8/0xCFC, ECAM; then one NVMe controller per volume. Everything
     // attached lives until `run` returns (dropping an NVMe device stops its worker thread).
     let pci = PciSystem::new(vm.clone(), &pio, &mmio, config.memory, pci_mmio64)?;
+    // -- EBS rate limits (issue 5): the instance's EBS cap, shared by every volume --
+    let ebs = crate::volume::instance_ebs_limiter(&config.instance.ebs, config.ebs_burst)?;
     for (index, volume) in config.volumes.iter().enumerate() {
-        attach_volume(&pci, &mem, index, volume)?;
+        attach_volume(&pci, &mem, index, volume, &ebs)?;
     }
+    // -- end EBS rate limits --
+    // -- virtio-blk disks (issue 4): one virtio-pci device each, after the volumes --
+    for (index, disk) in config.disks.iter().enumerate() {
+        attach_disk(&pci, &mem, index, disk)?;
+    }
+    // -- end virtio-blk disks --
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuRunContext {
@@ -210,12 +218,14 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
         .unwrap_or_else(|| VmOutcome::Error("VM stopped without a reason".into())))
 }
 
-/// Opens `volume` and attaches it as an NVMe controller.
+/// Opens `volume` and attaches it as an NVMe controller, its I/O limited by its own caps and the
+/// instance's shared EBS cap `ebs`.
 fn attach_volume(
     pci: &PciSystem,
     mem: &GuestMemoryMmap,
     index: usize,
     volume: &VolumeConfig,
+    ebs: &devices::rate_limiter::SharedRateLimiter,
 ) -> anyhow::Result<()> {
     let mut nvme = NvmeConfig::new(&volume.path);
     nvme.read_only = volume.read_only;
@@ -225,7 +235,7 @@ fn attach_volume(
         .name
         .clone()
         .or_else(|| devices::nvme::default_device_name(index));
-    let device = NvmePci::new(&nvme, mem.clone())
+    let device = NvmePci::with_rate_limiter(&nvme, mem.clone(), Some(volume.limiter(ebs)?))
         .map_err(|e| anyhow::anyhow!("--volume path={}: {e}", volume.path.display()))?;
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
     log::info!(
@@ -234,6 +244,35 @@ fn attach_volume(
     );
     Ok(())
 }
+
+// -- virtio-blk disks (issue 4) --
+/// Opens `disk` and attaches it as a virtio-blk device.
+fn attach_disk(
+    pci: &PciSystem,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    disk: &crate::disk::DiskConfig,
+) -> anyhow::Result<()> {
+    use devices::virtio::VirtioPciDevice;
+    use devices::virtio_blk::{VirtioBlk, VirtioBlkConfig};
+    let context =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("--disk path={}: {e}", disk.path.display());
+    let mut config = VirtioBlkConfig::new(&disk.path);
+    config.read_only = disk.read_only;
+    config.id = disk.id.clone();
+    config.queues = disk.queues;
+    let blk = VirtioBlk::new(&config).map_err(|e| context(&e))?;
+    let (sectors, id) = (blk.sectors(), blk.id());
+    let device = VirtioPciDevice::new(Box::new(blk), mem.clone()).map_err(|e| context(&e))?;
+    let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
+    log::info!(
+        "disk {} is virtio-blk device {index} at PCI 00:{slot:02x}.0 ({sectors} sectors, id {id}{})",
+        disk.path.display(),
+        if disk.read_only { ", read-only" } else { "" }
+    );
+    Ok(())
+}
+// -- end virtio-blk disks --
 
 fn resolve_cpu_profile(choice: CpuProfileChoice) -> CpuProfile {
     match choice {

@@ -15,6 +15,8 @@ pub mod nvme;
 pub mod pci;
 pub mod rate_limiter;
 pub mod serial;
+pub mod virtio;
+pub mod virtio_blk;
 
 /// Why the guest asked the VM to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,7 @@ use super::registers::{
     SHST_COMPLETE,
 };
 use super::status::Status;
+use super::throttle::{Drained, Throttle};
 use super::{NvmeConfig, NvmeError, NvmeInterrupts, MAX_MDTS, MAX_QUEUE_ENTRIES, MAX_QUEUE_PAIRS};
 use crate::block::{BlockBackend, BlockIo};
 
@@ -174,6 +175,8 @@ pub struct NvmeController {
     pub(super) queues_created: bool,
     pub(super) segments: Vec<Segment>,
     pub(super) bounce: Vec<u8>,
+    /// The volume's rate limits and the submission queues waiting for them (`throttle.rs`).
+    pub(super) throttle: Throttle,
 }
 
 fn validate(config: &NvmeConfig) -> Result<(), NvmeError> {
@@ -269,6 +272,7 @@ impl NvmeController {
             queues_created: false,
             segments: Vec::new(),
             bounce: Vec::new(),
+            throttle: Throttle::default(),
         })
     }
 
@@ -473,6 +477,9 @@ impl NvmeController {
         }
         self.features = Features::defaults(self.max_queue_pairs);
         self.queues_created = false;
+        // The queues are gone; the limiter keeps its tokens and credits (the volume's budget does not
+        // reset with the controller), and a pending timer finds nothing to resume.
+        self.throttle.waiting.clear();
         self.regs.csts &= !(CSTS_RDY | CSTS_CFS);
     }
 
@@ -534,7 +541,7 @@ impl NvmeController {
     }
 
     /// Reports a write to the doorbell of a queue id beyond the controller's.
-    fn check_stray_doorbells(&mut self) {
+    pub(super) fn check_stray_doorbells(&mut self) {
         if self.doorbells.take_stray() {
             self.doorbell_error(INFO_INVALID_DOORBELL_REGISTER);
         }
@@ -693,34 +700,59 @@ impl NvmeController {
     }
 
     fn drain(&mut self, qid: u16) {
+        self.drain_budget(qid, usize::MAX);
+    }
+
+    /// Runs up to `budget` commands of submission queue `qid`: until the queue is empty, its
+    /// completion queue is full, the volume's rate limiter holds back the command at its head (left
+    /// in the queue, and the queue put on the limiter's waiting list), or the budget is spent.
+    pub(super) fn drain_budget(&mut self, qid: u16, mut budget: usize) -> Drained {
         let shadowed = qid != 0 && self.shadow.is_some();
         loop {
             self.sync_sq_tail(qid);
             loop {
                 let Some(sq) = self.sqs.get(usize::from(qid)).and_then(Option::as_ref) else {
-                    return;
+                    return Drained::Gone;
                 };
                 if sq.is_empty() {
                     break;
                 }
+                if budget == 0 {
+                    return Drained::Budget;
+                }
                 let cqid = sq.cqid;
                 if !self.cq_has_room(cqid) {
-                    return;
+                    return Drained::CqFull;
                 }
-                let Some(sq) = self.sqs[usize::from(qid)].as_mut() else {
-                    return;
+                let Some(sq) = self.sqs[usize::from(qid)].as_ref() else {
+                    return Drained::Gone;
                 };
-                match sq.pop(&self.mem) {
+                match sq.peek(&self.mem) {
                     None => break,
-                    Some(Ok(cmd)) => self.execute(qid, &cmd),
-                    Some(Err(())) => log::warn!(
-                        "nvme {}: submission queue {qid} entry not in guest RAM; skipped",
-                        self.volume_id
-                    ),
+                    Some(Ok(cmd)) => {
+                        // Admin commands never wait for the limiter; I/O commands may.
+                        if qid != 0 && !self.admit(qid, &cmd) {
+                            return Drained::Throttled;
+                        }
+                        if let Some(sq) = self.sqs[usize::from(qid)].as_mut() {
+                            sq.advance();
+                        }
+                        self.execute(qid, &cmd);
+                        budget -= 1;
+                    }
+                    Some(Err(())) => {
+                        if let Some(sq) = self.sqs[usize::from(qid)].as_mut() {
+                            sq.advance();
+                        }
+                        log::warn!(
+                            "nvme {}: submission queue {qid} entry not in guest RAM; skipped",
+                            self.volume_id
+                        );
+                    }
                 }
             }
             if !shadowed {
-                return;
+                return Drained::Empty;
             }
             // Publish the tail we have consumed up to, then look again: the guest may have queued
             // more after we read the shadow tail but before it saw the new event index.
@@ -730,7 +762,7 @@ impl NvmeController {
                     .as_ref()
                     .map(|sq| (sq.tail, sq.size)),
             ) else {
-                return;
+                return Drained::Gone;
             };
             self.write_event_index(Shadow::sq_slot(shadow.event_indexes, qid), tail);
             fence(Ordering::SeqCst);
@@ -740,7 +772,7 @@ impl NvmeController {
             {
                 // A new, valid tail: go round again. An invalid one was reported already.
                 Ok(t) if t != tail && t < size => continue,
-                _ => return,
+                _ => return Drained::Empty,
             }
         }
     }

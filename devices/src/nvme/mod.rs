@@ -38,6 +38,7 @@ mod prp;
 mod queue;
 pub mod registers;
 pub mod status;
+mod throttle;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,7 @@ pub use controller::NvmeController;
 pub use doorbell::{DoorbellWake, Doorbells};
 pub use identity::{default_device_name, default_volume_id};
 pub use status::Status;
+pub use throttle::ThrottleStats;
 
 /// How the controller reaches the rest of the VMM. Implemented by the PCI wrapper (MSI-X through
 /// KVM irqfds, worker wake-ups through eventfds); tests record the calls.

@@ -10,15 +10,19 @@
 //! lock. Register accesses take the controller's own lock too; doorbell writes do not: they go to the
 //! shared [`Doorbells`] and wake the worker through an eventfd, so a doorbell write never waits for
 //! file I/O. The worker thread takes only the controller lock (never the root's), runs the queues it
-//! was woken for, and raises interrupts through [`Msix::notify`], which has its own lock. No
+//! was woken for, and raises interrupts through [`Msix::notify`], which has its own lock. It waits in
+//! epoll on its eventfd and, for a rate-limited volume, on the limiter's timerfd, which resumes the
+//! queues the limiter held back (`throttle.rs`). No
 //! ioeventfds are registered: without shadow doorbells the value written is needed, and with them the
 //! guest rings the MMIO doorbell only when the controller has gone idle.
 
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::doorbell::{DoorbellWake, Doorbells};
@@ -28,6 +32,7 @@ use super::{NvmeConfig, NvmeController, NvmeError, NvmeInterrupts};
 use crate::pci::{
     Msix, MsixLayout, PciBar, PciBarKind, PciConfigSpace, PciDevice, PciError, PciIds,
 };
+use crate::rate_limiter::LimiterChain;
 
 /// The BAR holding registers, doorbells and MSI-X structures.
 pub const NVME_BAR: u8 = 0;
@@ -102,24 +107,73 @@ fn lock(controller: &Mutex<NvmeController>) -> MutexGuard<'_, NvmeController> {
     controller.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn worker_loop(controller: Arc<Mutex<NvmeController>>, wake: Arc<WorkerWake>) {
+/// Epoll token of the worker's eventfd.
+const WAKE_TOKEN: u64 = 0;
+/// Epoll token of the rate limiter's timerfd.
+const LIMITER_TOKEN: u64 = 1;
+
+/// The worker's epoll: its eventfd and, for a rate-limited volume, the limiter's timerfd.
+fn worker_epoll(wake: &WorkerWake, limiter_fd: Option<i32>) -> std::io::Result<Epoll> {
+    let epoll = Epoll::new()?;
+    epoll.ctl(
+        ControlOperation::Add,
+        wake.eventfd.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, WAKE_TOKEN),
+    )?;
+    if let Some(fd) = limiter_fd {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, LIMITER_TOKEN),
+        )?;
+    }
+    Ok(epoll)
+}
+
+fn worker_loop(controller: Arc<Mutex<NvmeController>>, wake: Arc<WorkerWake>, epoll: Epoll) {
+    let mut events = [EpollEvent::default(); 2];
     loop {
-        if let Err(e) = wake.eventfd.read() {
-            log::error!("nvme worker: cannot wait for work: {e}");
-            return;
+        let ready = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("nvme worker: cannot wait for work: {e}");
+                return;
+            }
+        };
+        let mut kicked = false;
+        let mut timer = false;
+        for event in &events[..ready.min(events.len())] {
+            match event.data() {
+                WAKE_TOKEN => kicked = true,
+                LIMITER_TOKEN => timer = true,
+                _ => {}
+            }
+        }
+        if kicked {
+            // Readable, so this does not block; it resets the count.
+            if let Err(e) = wake.eventfd.read() {
+                log::error!("nvme worker: cannot read its eventfd: {e}");
+                return;
+            }
         }
         if wake.stop.load(Ordering::Acquire) {
             return;
         }
         let mut ctrl = lock(&controller);
-        for (qid, flag) in wake.completion.iter().enumerate() {
-            if flag.swap(false, Ordering::AcqRel) {
-                ctrl.process_completion_queue(qid as u16);
-            }
+        if timer {
+            ctrl.process_rate_limiter_timer();
         }
-        for (qid, flag) in wake.submission.iter().enumerate() {
-            if flag.swap(false, Ordering::AcqRel) {
-                ctrl.process_submission_queue(qid as u16);
+        if kicked {
+            for (qid, flag) in wake.completion.iter().enumerate() {
+                if flag.swap(false, Ordering::AcqRel) {
+                    ctrl.process_completion_queue(qid as u16);
+                }
+            }
+            for (qid, flag) in wake.submission.iter().enumerate() {
+                if flag.swap(false, Ordering::AcqRel) {
+                    ctrl.process_submission_queue(qid as u16);
+                }
             }
         }
     }
@@ -138,8 +192,19 @@ pub struct NvmePci {
 
 impl NvmePci {
     /// Opens the volume `config` describes, builds the controller and its PCI function, and starts
-    /// the worker thread.
+    /// the worker thread. The volume's I/O is not rate limited.
     pub fn new(config: &NvmeConfig, mem: GuestMemoryMmap) -> Result<Self, NvmePciError> {
+        Self::with_rate_limiter(config, mem, None)
+    }
+
+    /// [`Self::new`], with the volume's I/O limited by `limiter` (its own caps, usually chained to
+    /// the instance's shared EBS cap): Read, Write, Write Zeroes and Dataset Management wait for it;
+    /// the worker sleeps on the limiter's timerfd while it holds commands back.
+    pub fn with_rate_limiter(
+        config: &NvmeConfig,
+        mem: GuestMemoryMmap,
+        limiter: Option<LimiterChain>,
+    ) -> Result<Self, NvmePciError> {
         let queues = usize::from(config.max_queue_pairs) + 1;
         let vectors = config.max_queue_pairs.saturating_add(1);
         let register_len = (super::registers::cq_head_doorbell(config.max_queue_pairs) + 4)
@@ -180,14 +245,16 @@ impl NvmePci {
             msix: msix.clone(),
             wake: wake.clone(),
         };
-        let controller = NvmeController::new(config, mem, Box::new(interrupts))?;
+        let mut controller = NvmeController::new(config, mem, Box::new(interrupts))?;
+        controller.set_rate_limiter(limiter);
+        let epoll = worker_epoll(&wake, controller.rate_limiter_fd())?;
         let doorbells = controller.doorbells();
         let controller = Arc::new(Mutex::new(controller));
         let worker = {
             let (controller, wake) = (controller.clone(), wake.clone());
             std::thread::Builder::new()
                 .name("nvme-worker".into())
-                .spawn(move || worker_loop(controller, wake))?
+                .spawn(move || worker_loop(controller, wake, epoll))?
         };
         Ok(NvmePci {
             config: space,
@@ -586,6 +653,98 @@ mod tests {
             assert_eq!(entries[0].status, Status::SUCCESS);
         }
         assert!(mmio_writes > 0);
+        drop(d);
+    }
+
+    /// A driver with the admin queue and I/O queue pair 1 (32 entries, interrupts on vector 1).
+    fn driver_with_one_queue(dev: NvmePci, mem: &GuestMemoryMmap) -> Driver {
+        let mut d = Driver {
+            dev,
+            mem: mem.clone(),
+            queues: vec![(0x10000, 0x11000, 4, 0, 0, true, 4)],
+            cid: 0,
+        };
+        d.dev
+            .bar_write(0, registers::AQA, &0x0003_0003u32.to_le_bytes());
+        d.dev
+            .bar_write(0, registers::ASQ, &0x10000u64.to_le_bytes());
+        d.dev
+            .bar_write(0, registers::ACQ, &0x11000u64.to_le_bytes());
+        d.dev.bar_write(
+            0,
+            registers::CC,
+            &(1u32 | (6 << 16) | (4 << 20)).to_le_bytes(),
+        );
+        let (sq, cq) = (0x100000, 0x180000);
+        let mut c = Command::new(admin_opcode::CREATE_IO_CQ, 0);
+        c.cdw[0] = 1 | (31 << 16);
+        c.cdw[1] = 1 | (1 << 16);
+        c.prp1 = cq;
+        assert_eq!(d.admin(c).status, Status::SUCCESS);
+        let mut c = Command::new(admin_opcode::CREATE_IO_SQ, 0);
+        c.cdw[0] = 1 | (31 << 16);
+        c.cdw[1] = 1 | (1 << 16);
+        c.prp1 = sq;
+        assert_eq!(d.admin(c).status, Status::SUCCESS);
+        d.queues.push((sq, cq, 32, 0, 0, true, 32));
+        d
+    }
+
+    #[test]
+    fn the_worker_sleeps_on_the_limiter_timer_and_resumes_exactly() {
+        use crate::rate_limiter::{
+            BucketConfig, RateLimiter, RateLimiterConfig, SharedRateLimiter,
+        };
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        disk.as_file().set_len(4 << 20).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+        // 50 IOPS on the volume, one at a time, under a generous shared instance cap.
+        let local = RateLimiter::new(&RateLimiterConfig {
+            bytes: None,
+            ops: Some(BucketConfig::fixed(50.0, 1)),
+        })
+        .unwrap();
+        let shared = SharedRateLimiter::new(&RateLimiterConfig {
+            bytes: Some(BucketConfig::fixed(1e9, 1 << 22)),
+            ops: None,
+        })
+        .unwrap();
+        let dev = NvmePci::with_rate_limiter(
+            &NvmeConfig::new(disk.path()),
+            mem.clone(),
+            Some(shared.chain(local)),
+        )
+        .unwrap();
+        let mut d = driver_with_one_queue(dev, &mem);
+        // Eleven reads at once: the first goes at once, the other ten one per 20 ms.
+        for i in 0..11u32 {
+            let mut r = Command::new(crate::nvme::command::io_opcode::READ, 0);
+            r.nsid = 1;
+            r.prp1 = 0x30000;
+            r.cdw[0] = i;
+            d.submit(1, r);
+        }
+        let mut times = Vec::new();
+        let mut cids = std::collections::BTreeSet::new();
+        while times.len() < 11 {
+            for e in d.reap(1) {
+                assert_eq!(e.status, Status::SUCCESS);
+                assert!(cids.insert(e.cid), "completed twice: {e:?}");
+                times.push(Instant::now());
+            }
+        }
+        let span = times[10] - times[0];
+        assert!(
+            span >= Duration::from_millis(195) && span < Duration::from_millis(400),
+            "ten throttled reads at 50/s took {span:?}"
+        );
+        let stats = lock(&d.dev.controller()).throttle_stats();
+        // One exact wake-up per held read; no polling, no extra wake-ups.
+        assert_eq!(stats.admitted, 11, "{stats:?}");
+        assert!(
+            (10..=12).contains(&stats.wakeups) && stats.held <= 2 * stats.wakeups + 2,
+            "{stats:?}"
+        );
         drop(d);
     }
 }

@@ -63,7 +63,17 @@ impl SubmissionQueue {
 
     /// Fetches the entry at the head and advances the head. None when the queue is empty; Err when the
     /// entry cannot be read from guest memory (the head still advances, so a bad entry is skipped).
+    #[cfg(test)]
     pub fn pop(&mut self, mem: &GuestMemoryMmap) -> Option<Result<Command, ()>> {
+        let entry = self.peek(mem)?;
+        self.advance();
+        Some(entry)
+    }
+
+    /// Reads the entry at the head without taking it (a rate-limited queue looks at a command before
+    /// it decides to run it). None when the queue is empty; Err when the entry cannot be read from
+    /// guest memory.
+    pub fn peek(&self, mem: &GuestMemoryMmap) -> Option<Result<Command, ()>> {
         if self.is_empty() {
             return None;
         }
@@ -71,7 +81,6 @@ impl SubmissionQueue {
             .base
             .0
             .checked_add(u64::from(self.head) * SQ_ENTRY_SIZE);
-        self.head = (self.head + 1) % self.size;
         let mut raw = [0u8; 64];
         Some(match addr {
             Some(a) => mem
@@ -80,6 +89,13 @@ impl SubmissionQueue {
                 .map_err(|_| ()),
             None => Err(()),
         })
+    }
+
+    /// Takes the entry at the head (after [`Self::peek`]); does nothing on an empty queue.
+    pub fn advance(&mut self) {
+        if !self.is_empty() {
+            self.head = (self.head + 1) % self.size;
+        }
     }
 }
 

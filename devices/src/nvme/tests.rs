@@ -15,6 +15,9 @@ use super::registers::{self, cq_head_doorbell, sq_tail_doorbell};
 use super::*;
 use crate::block::{BlockBackend, BlockIo};
 
+/// Rate-limited I/O (the volume's limiter, `throttle.rs`).
+mod rate_limit;
+
 const RAM: u64 = 16 << 20;
 const PAGE: u64 = 4096;
 const ASQ: u64 = 0x10000;

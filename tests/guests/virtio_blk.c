@@ -1,0 +1,634 @@
+/*
+ * virtio-blk probe: drives the first modern virtio-blk device on PCI bus 0 (1af4:1042) the way a
+ * driver does (docs/virtio.md), one PROBE line per check:
+ *
+ *   pci       ids, class 01/00, revision 1; memory space + bus master; the vendor capabilities
+ *             (common, notify with its multiplier, ISR, device config) inside BAR0; MSI-X.
+ *   features  VERSION_1 offered; FEATURES_OK refused without VERSION_1; accepted with VERSION_1 +
+ *             FLUSH + EVENT_IDX + INDIRECT_DESC (those offered); RO matches expect_readonly.
+ *   config    capacity (expect_sectors), blk_size 512, seg_max >= 1.
+ *   queue     a queue size that is not a power of two is refused (reads back the old size); 16
+ *             accepted; MSI-X vector 1 for the queue, 0 for configuration; DRIVER_OK.
+ *   msix      the first completion with the queue's vector masked sets its PBA bit; unmasking
+ *             delivers it (seen in the LAPIC IRR with IF=0).
+ *   data      pattern write (sectors 0-7 and the last 8), FLUSH, read back and compare (in read-only
+ *             mode the test fills the file with the pattern and the write must fail with IOERR);
+ *             a read through an indirect descriptor table; GET_ID (expect_id); DISCARD then read
+ *             zeroes (when offered).
+ *   errors    a read past the capacity and one straddling it -> IOERR; a data buffer outside guest
+ *             RAM -> IOERR or dropped, and a descriptor loop -> IOERR or dropped, each followed by
+ *             a good read.
+ *   reset     status 0 reads back 0 and disables the queue; the whole initialisation again, then a
+ *             read that returns the pattern.
+ *
+ * The data pattern (tests/virtio_blk.rs checks the disk file): the little-endian dword at byte offset
+ * o of the disk (o a multiple of 4) is  pattern(o) = (o/4) * 0x9E3779B1 + 0x766C626B  (mod 2^32).
+ *
+ * Command-line keys: expect_sectors=N, expect_id=S, expect_readonly=0|1 (default 0),
+ * expect_disks=N (virtio-blk functions on bus 0), exit=... (see the boot probe).
+ */
+#include "probe.h"
+
+const char probe_name[] = "virtio_blk";
+
+/* ---------------------------------------------------------------- PCI configuration */
+#define CFG_ADDR 0xCF8
+#define CFG_DATA 0xCFC
+
+static uint32_t cf8(uint8_t dev, uint16_t reg) { return 0x80000000u | (uint32_t)dev << 11 | (reg & 0xFC); }
+static uint32_t cfg_read32(uint8_t dev, uint16_t reg)
+{
+	outl(CFG_ADDR, cf8(dev, reg));
+	return inl(CFG_DATA);
+}
+static uint16_t cfg_read16(uint8_t dev, uint16_t reg)
+{
+	outl(CFG_ADDR, cf8(dev, reg));
+	return inw(CFG_DATA + (reg & 2));
+}
+static uint8_t cfg_read8(uint8_t dev, uint16_t reg)
+{
+	outl(CFG_ADDR, cf8(dev, reg));
+	return inb(CFG_DATA + (reg & 3));
+}
+static void cfg_write16(uint8_t dev, uint16_t reg, uint16_t v)
+{
+	outl(CFG_ADDR, cf8(dev, reg));
+	outw(CFG_DATA + (reg & 2), v);
+}
+
+/* ---------------------------------------------------------------- virtio definitions */
+#define CAP_COMMON 1
+#define CAP_NOTIFY 2
+#define CAP_ISR 3
+#define CAP_DEVICE 4
+
+/* common configuration */
+#define C_DFSELECT 0x00
+#define C_DF 0x04
+#define C_GFSELECT 0x08
+#define C_GF 0x0C
+#define C_MSIX 0x10
+#define C_NUMQ 0x12
+#define C_STATUS 0x14
+#define C_Q_SELECT 0x16
+#define C_Q_SIZE 0x18
+#define C_Q_MSIX 0x1A
+#define C_Q_ENABLE 0x1C
+#define C_Q_NOFF 0x1E
+#define C_Q_DESC 0x20
+#define C_Q_DRIVER 0x28
+#define C_Q_DEVICE 0x30
+
+#define S_ACK 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+
+/* feature bits */
+#define F_BLK_SEG_MAX 2
+#define F_BLK_RO 5
+#define F_BLK_BLK_SIZE 6
+#define F_BLK_FLUSH 9
+#define F_BLK_DISCARD 13
+#define F_BLK_WRITE_ZEROES 14
+#define F_INDIRECT 28
+#define F_EVENT_IDX 29
+#define F_VERSION_1 32
+
+#define T_IN 0
+#define T_OUT 1
+#define T_FLUSH 4
+#define T_GET_ID 8
+#define T_DISCARD 11
+
+#define ST_OK 0
+#define ST_IOERR 1
+#define ST_UNSUPP 2
+#define ST_UNTOUCHED 0xEE
+
+#define D_NEXT 1
+#define D_WRITE 2
+#define D_INDIRECT 4
+
+#define QSZ 16
+#define VEC_CONFIG 0x50
+#define VEC_QUEUE 0x51
+
+struct vdesc {
+	uint64_t addr;
+	uint32_t len;
+	uint16_t flags;
+	uint16_t next;
+} PACKED;
+
+struct blk_req {
+	uint32_t type;
+	uint32_t reserved;
+	uint64_t sector;
+} PACKED;
+
+/* Guest RAM the device sees: ring (descriptors, available ring; used ring on the next page),
+ * request header, status bytes, data buffers, an indirect table. */
+static uint8_t g_ring[2 * 4096] __attribute__((aligned(4096)));
+static struct blk_req g_hdr __attribute__((aligned(16)));
+static volatile uint8_t g_status[16] __attribute__((aligned(16)));
+static uint8_t g_buf[4096] __attribute__((aligned(4096)));
+static uint8_t g_buf2[4096] __attribute__((aligned(4096)));
+static struct vdesc g_itable[4] __attribute__((aligned(16)));
+
+#define DESC ((volatile struct vdesc *)g_ring)
+#define AVAIL ((volatile uint16_t *)(g_ring + 16 * QSZ)) /* flags, idx, ring[QSZ], used_event */
+#define USED ((volatile uint8_t *)(g_ring + 4096))       /* flags, idx, {id, len}[QSZ], avail_event */
+
+static struct {
+	uint8_t dev;
+	uintptr_t bar;
+	uint64_t bar_size;
+	uintptr_t common, notify, isr, device;
+	uint32_t notify_mult, common_len, device_len, notify_len;
+	uint8_t msix_cap;
+	uintptr_t msix_table, msix_pba;
+	uint32_t msix_vectors;
+	uint64_t offered, features, sectors;
+	uint16_t avail_idx, used_idx, notify_off;
+	bool readonly;
+} v;
+
+static void check(const char *name, bool ok, const char *fmt, ...) PRINTF_LIKE(3, 4);
+static void check(const char *name, bool ok, const char *fmt, ...)
+{
+	if (ok) {
+		probe_ok(name);
+		return;
+	}
+	char why[160];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	probe_fail(name, "%s", why);
+}
+
+static uint32_t pattern(uint64_t off) { return (uint32_t)(off / 4) * 0x9E3779B1u + 0x766C626Bu; }
+static void fill_pattern(uint8_t *buf, uint64_t disk_off, uint32_t len)
+{
+	uint32_t *p = (uint32_t *)buf;
+	for (uint32_t i = 0; i < len / 4; i++)
+		p[i] = pattern(disk_off + 4 * i);
+}
+/* Byte index of the first dword that differs from the pattern, or -1. */
+static int32_t check_pattern(const uint8_t *buf, uint64_t disk_off, uint32_t len)
+{
+	const uint32_t *p = (const uint32_t *)buf;
+	for (uint32_t i = 0; i < len / 4; i++)
+		if (p[i] != pattern(disk_off + 4 * i))
+			return (int32_t)(4 * i);
+	return -1;
+}
+
+/* ---------------------------------------------------------------- register access */
+static uint8_t c_read8(uint32_t off) { return mmio_read8(v.common + off); }
+static uint16_t c_read16(uint32_t off) { return mmio_read16(v.common + off); }
+static uint32_t c_read32(uint32_t off) { return mmio_read32(v.common + off); }
+static void c_write8(uint32_t off, uint8_t x) { mmio_write8(v.common + off, x); }
+static void c_write16(uint32_t off, uint16_t x) { mmio_write16(v.common + off, x); }
+static void c_write32(uint32_t off, uint32_t x) { mmio_write32(v.common + off, x); }
+static void c_write64(uint32_t off, uint64_t x)
+{
+	c_write32(off, (uint32_t)x);
+	c_write32(off + 4, (uint32_t)(x >> 32));
+}
+static bool has(uint64_t features, uint32_t bit) { return (features >> bit) & 1; }
+
+static bool lapic_irr(uint32_t vec) { return lapic_read(0x200 + 0x10 * (vec / 32)) & (1u << (vec % 32)); }
+
+/* ---------------------------------------------------------------- discovery */
+static bool find_device(void)
+{
+	uint32_t found = 0;
+	for (uint8_t dev = 1; dev < 32; dev++) {
+		uint32_t id = cfg_read32(dev, 0);
+		if (id != 0x10421AF4u)
+			continue;
+		if (!found)
+			v.dev = dev;
+		found++;
+	}
+	probe_info("vblk_functions", "%u", found);
+	probe_expect_u32("vblk_device_count", "expect_disks", found);
+	if (!found) {
+		probe_fail("vblk_found", "no 1af4:1042 function on bus 0");
+		return false;
+	}
+	probe_ok("vblk_found");
+	probe_info("vblk_slot", "%02x", v.dev);
+	uint32_t class_rev = cfg_read32(v.dev, 8), subsys = cfg_read32(v.dev, 0x2C);
+	check("vblk_ids", class_rev == 0x01000001u && (subsys & 0xFFFF) == 0x1AF4,
+	      "class/revision 0x%x (want 01/00/00 rev 1), subsystem 0x%x", class_rev, subsys);
+	return true;
+}
+
+static bool map_device(void)
+{
+	uint32_t lo = cfg_read32(v.dev, 0x10), hi = cfg_read32(v.dev, 0x14);
+	uint64_t addr = ((uint64_t)hi << 32) | (lo & ~0xFu);
+	/* Size the BAR (memory decode still off). */
+	outl(CFG_ADDR, cf8(v.dev, 0x10));
+	outl(CFG_DATA, 0xFFFFFFFFu);
+	uint32_t mask = inl(CFG_DATA);
+	outl(CFG_DATA, lo);
+	v.bar_size = (uint64_t)(~(mask & ~0xFu) + 1u);
+	bool ok = ((lo >> 1) & 3) == 2 && addr && addr + v.bar_size <= 0x100000000ull;
+	check("vblk_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo, v.bar_size);
+	if (!ok)
+		return false;
+	v.bar = (uintptr_t)addr;
+	cfg_write16(v.dev, 0x04, cfg_read16(v.dev, 0x04) | 0x6); /* memory space + bus master */
+	return true;
+}
+
+static bool walk_caps(void)
+{
+	uint8_t ptr = (cfg_read16(v.dev, 0x06) & 0x10) ? cfg_read8(v.dev, 0x34) : 0;
+	uint32_t n = 0, seen = 0;
+	bool inside = true;
+	char ids[96] = "";
+	size_t len = 0;
+	while (ptr && n++ < 32) {
+		uint8_t id = cfg_read8(v.dev, ptr);
+		if (id == 0x11)
+			v.msix_cap = ptr;
+		if (id == 0x09) {
+			uint8_t type = cfg_read8(v.dev, ptr + 3), bar = cfg_read8(v.dev, ptr + 4);
+			uint32_t off = cfg_read32(v.dev, ptr + 8), clen = cfg_read32(v.dev, ptr + 12);
+			if (len + 16 < sizeof(ids))
+				len += (size_t)snprintf(ids + len, sizeof(ids) - len, "%s%u@%x+%x", len ? "," : "", type, off, clen);
+			if (type >= CAP_COMMON && type <= CAP_DEVICE && !(seen & (1u << type))) {
+				if (bar != 0 || (uint64_t)off + clen > v.bar_size)
+					inside = false;
+				seen |= 1u << type;
+				uintptr_t a = v.bar + off;
+				if (type == CAP_COMMON) {
+					v.common = a;
+					v.common_len = clen;
+				} else if (type == CAP_NOTIFY) {
+					v.notify = a;
+					v.notify_len = clen;
+					v.notify_mult = cfg_read32(v.dev, ptr + 16);
+				} else if (type == CAP_ISR) {
+					v.isr = a;
+				} else {
+					v.device = a;
+					v.device_len = clen;
+				}
+			}
+		}
+		ptr = cfg_read8(v.dev, ptr + 1);
+	}
+	probe_info("vblk_caps", "%s", ids);
+	bool all = (seen & 0x1E) == 0x1E;
+	check("vblk_caps", all && inside && v.common_len >= 0x38 && v.notify_mult == 4,
+	      "types seen 0x%x, inside BAR0 %u, common length 0x%x, notify multiplier %u", seen, inside,
+	      v.common_len, v.notify_mult);
+	if (!all || !inside)
+		return false;
+	if (!v.msix_cap) {
+		probe_fail("vblk_msix_cap", "no MSI-X capability");
+		return true;
+	}
+	uint16_t control = cfg_read16(v.dev, v.msix_cap + 2);
+	uint32_t table = cfg_read32(v.dev, v.msix_cap + 4), pba = cfg_read32(v.dev, v.msix_cap + 8);
+	v.msix_vectors = (control & 0x7FF) + 1u;
+	bool fits = (table & 7) == 0 && (pba & 7) == 0 && (table & ~7u) + 16u * v.msix_vectors <= v.bar_size;
+	check("vblk_msix_cap", fits && v.msix_vectors >= 2, "%u vectors, table 0x%x, PBA 0x%x", v.msix_vectors,
+	      table, pba);
+	if (!fits)
+		return true;
+	v.msix_table = v.bar + (table & ~7u);
+	v.msix_pba = v.bar + (pba & ~7u);
+	/* Entry 0: configuration changes, entry 1: the queue; both masked for now. */
+	for (uint32_t e = 0; e < 2; e++) {
+		mmio_write32(v.msix_table + 16 * e, 0xFEE00000u);
+		mmio_write32(v.msix_table + 16 * e + 4, 0);
+		mmio_write32(v.msix_table + 16 * e + 8, e ? VEC_QUEUE : VEC_CONFIG);
+		mmio_write32(v.msix_table + 16 * e + 12, 1);
+	}
+	cfg_write16(v.dev, v.msix_cap + 2, (uint16_t)((control | 0x8000) & ~0x4000));
+	return true;
+}
+
+/* ---------------------------------------------------------------- initialisation */
+static uint64_t device_features(void)
+{
+	c_write32(C_DFSELECT, 0);
+	uint64_t lo = c_read32(C_DF);
+	c_write32(C_DFSELECT, 1);
+	return lo | (uint64_t)c_read32(C_DF) << 32;
+}
+
+static void driver_features(uint64_t f)
+{
+	c_write32(C_GFSELECT, 0);
+	c_write32(C_GF, (uint32_t)f);
+	c_write32(C_GFSELECT, 1);
+	c_write32(C_GF, (uint32_t)(f >> 32));
+}
+
+/* Reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK; returns the status read back. */
+static uint8_t negotiate(uint64_t features)
+{
+	c_write8(C_STATUS, 0);
+	c_write8(C_STATUS, S_ACK);
+	c_write8(C_STATUS, S_ACK | S_DRIVER);
+	driver_features(features);
+	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+	return c_read8(C_STATUS);
+}
+
+/* Queue 0: fresh ring, size QSZ, vector 1; DRIVER_OK. Returns the status read back. */
+static uint8_t setup_queue(void)
+{
+	memset(g_ring, 0, sizeof(g_ring));
+	v.avail_idx = v.used_idx = 0;
+	c_write16(C_MSIX, 0);
+	c_write16(C_Q_SELECT, 0);
+	c_write16(C_Q_SIZE, QSZ);
+	v.notify_off = c_read16(C_Q_NOFF);
+	c_write64(C_Q_DESC, (uintptr_t)DESC);
+	c_write64(C_Q_DRIVER, (uintptr_t)AVAIL);
+	c_write64(C_Q_DEVICE, (uintptr_t)USED);
+	c_write16(C_Q_MSIX, 1);
+	c_write16(C_Q_ENABLE, 1);
+	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	return c_read8(C_STATUS);
+}
+
+/* ---------------------------------------------------------------- requests */
+static uint32_t g_used_len;
+
+/* Publishes head descriptor `head`, notifies and waits for the used ring; returns false on timeout. */
+static bool kick_and_wait(uint16_t head)
+{
+	AVAIL[2 + v.avail_idx % QSZ] = head;
+	AVAIL[2 + QSZ] = v.used_idx; /* used_event: interrupt on the next completion */
+	mb();
+	AVAIL[1] = ++v.avail_idx;
+	mb();
+	mmio_write16(v.notify + v.notify_off * v.notify_mult, 0);
+	uint64_t dl = deadline_ms(2000);
+	while (*(volatile uint16_t *)(USED + 2) == v.used_idx)
+		if (deadline_passed(dl))
+			return false;
+	uint32_t slot = v.used_idx % QSZ;
+	g_used_len = *(volatile uint32_t *)(USED + 4 + 8 * slot + 4);
+	v.used_idx++;
+	return true;
+}
+
+static void set_desc(uint16_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
+{
+	DESC[i].addr = addr;
+	DESC[i].len = len;
+	DESC[i].flags = flags;
+	DESC[i].next = next;
+}
+
+/* A three-descriptor request (header, data, status); returns the status byte, ST_UNTOUCHED if the
+ * device returned the chain without writing it, 0xFF on a timeout. */
+static uint8_t request64(uint32_t type, uint64_t sector, uint64_t data, uint32_t len, bool device_writes)
+{
+	g_hdr.type = type;
+	g_hdr.reserved = 0;
+	g_hdr.sector = sector;
+	g_status[0] = ST_UNTOUCHED;
+	if (len) {
+		set_desc(0, (uintptr_t)&g_hdr, 16, D_NEXT, 1);
+		set_desc(1, data, len, D_NEXT | (device_writes ? D_WRITE : 0), 2);
+		set_desc(2, (uintptr_t)g_status, 1, D_WRITE, 0);
+	} else {
+		set_desc(0, (uintptr_t)&g_hdr, 16, D_NEXT, 2);
+		set_desc(2, (uintptr_t)g_status, 1, D_WRITE, 0);
+	}
+	if (!kick_and_wait(0))
+		return 0xFF;
+	return g_status[0];
+}
+static uint8_t request(uint32_t type, uint64_t sector, void *data, uint32_t len, bool device_writes)
+{
+	return request64(type, sector, (uintptr_t)data, len, device_writes);
+}
+
+/* Reads `len` bytes at `sector` into g_buf2 and compares with the pattern. */
+static void read_verify(const char *name, uint64_t sector, uint32_t len)
+{
+	memset(g_buf2, 0, len);
+	uint8_t st = request(T_IN, sector, g_buf2, len, true);
+	int32_t bad = st == ST_OK ? check_pattern(g_buf2, sector * 512, len) : -1;
+	check(name, st == ST_OK && bad < 0 && g_used_len == len + 1,
+	      "status %u, used length %u, first mismatch at byte %d of sector %llu", st, g_used_len, bad, sector);
+}
+
+/* ---------------------------------------------------------------- the checks */
+static void check_msix_first_completion(void)
+{
+	if (!v.msix_table)
+		return;
+	/* The write that just completed raised vector 1, which is masked: its PBA bit is set. */
+	uint64_t dl = deadline_ms(1000);
+	bool pending;
+	while (!(pending = mmio_read32(v.msix_pba) & 2) && !deadline_passed(dl))
+		;
+	check("vblk_msix_pending", pending, "PBA 0x%x after a completion on a masked vector", mmio_read32(v.msix_pba));
+	/* Unmask: delivered to the LAPIC (software-enabled, IF=0 so it stays in the IRR). */
+	lapic_write(0x350, 1u << 16);    /* LINT0 masked */
+	lapic_write(0xF0, 0x100 | 0xFF); /* SVR: enabled, spurious vector 0xFF */
+	mmio_write32(v.msix_table + 16 + 12, 0);
+	dl = deadline_ms(1000);
+	bool irr;
+	while (!(irr = lapic_irr(VEC_QUEUE)) && !deadline_passed(dl))
+		;
+	check("vblk_msix_irq", irr && !(mmio_read32(v.msix_pba) & 2), "vector 0x%x in IRR %u, PBA 0x%x", VEC_QUEUE,
+	      irr, mmio_read32(v.msix_pba));
+}
+
+static void check_data(void)
+{
+	uint64_t last = v.sectors >= 16 ? v.sectors - 8 : 0;
+	if (!v.readonly) {
+		fill_pattern(g_buf, 0, 4096);
+		uint8_t st = request(T_OUT, 0, g_buf, 4096, false);
+		bool first = st == ST_OK && g_used_len == 1;
+		check_msix_first_completion();
+		if (last) {
+			fill_pattern(g_buf, last * 512, 4096);
+			st = request(T_OUT, last, g_buf, 4096, false);
+		}
+		check("vblk_write", first && st == ST_OK, "status %u (first write ok %u)", st, first);
+	} else {
+		/* A write on a read-only disk fails and changes nothing (read_verify below). */
+		memset(g_buf, 0x5A, 4096);
+		uint8_t st = request(T_OUT, 0, g_buf, 4096, false);
+		check("vblk_readonly_write", st == ST_IOERR, "status %u, want IOERR", st);
+		check_msix_first_completion();
+	}
+	uint8_t st = request(T_FLUSH, 0, NULL, 0, false);
+	check("vblk_flush", st == ST_OK, "status %u", st);
+	read_verify("vblk_read_verify", 0, 4096);
+	if (last)
+		read_verify("vblk_read_verify_last", last, 4096);
+
+	/* The same read through an indirect table. */
+	if (has(v.features, F_INDIRECT)) {
+		g_hdr.type = T_IN;
+		g_hdr.sector = 2;
+		g_status[0] = ST_UNTOUCHED;
+		memset(g_buf2, 0, 1024);
+		g_itable[0] = (struct vdesc){(uintptr_t)&g_hdr, 16, D_NEXT, 1};
+		g_itable[1] = (struct vdesc){(uintptr_t)g_buf2, 1024, D_NEXT | D_WRITE, 2};
+		g_itable[2] = (struct vdesc){(uintptr_t)g_status, 1, D_WRITE, 0};
+		set_desc(3, (uintptr_t)g_itable, 3 * sizeof(struct vdesc), D_INDIRECT, 0);
+		bool done = kick_and_wait(3);
+		int32_t bad = check_pattern(g_buf2, 1024, 1024);
+		check("vblk_indirect_read", done && g_status[0] == ST_OK && bad < 0, "done %u status %u mismatch at %d",
+		      done, g_status[0], bad);
+	}
+
+	/* GET_ID */
+	memset(g_buf2, 0, 32);
+	st = request(T_GET_ID, 0, g_buf2, 20, true);
+	char id[21];
+	memcpy(id, g_buf2, 20);
+	id[20] = 0;
+	probe_info("vblk_id", "%s", id);
+	char want[32];
+	if (cmdline_get("expect_id", want, sizeof(want)))
+		check("vblk_get_id", st == ST_OK && strcmp(id, want) == 0, "status %u id '%s', want '%s'", st, id, want);
+	else
+		check("vblk_get_id", st == ST_OK && id[0], "status %u, id '%s'", st, id);
+
+	/* Past the capacity: entirely, and straddling the end. */
+	uint8_t past = request(T_IN, v.sectors, g_buf2, 512, true);
+	uint8_t straddle = request(T_IN, v.sectors - 1, g_buf2, 1024, true);
+	uint8_t huge = request(T_IN, 0xFFFFFFFFFFFFFFFFull, g_buf2, 512, true);
+	check("vblk_beyond_capacity", past == ST_IOERR && straddle == ST_IOERR && huge == ST_IOERR,
+	      "status %u / %u / %u, want IOERR", past, straddle, huge);
+
+	/* DISCARD sectors 16-23 after writing them; they read back as zeroes. */
+	if (has(v.features, F_BLK_DISCARD) && !v.readonly) {
+		fill_pattern(g_buf, 16 * 512, 4096);
+		uint8_t w = request(T_OUT, 16, g_buf, 4096, false);
+		struct {
+			uint64_t sector;
+			uint32_t count, flags;
+		} PACKED seg = {16, 8, 0};
+		memcpy(g_buf, &seg, sizeof(seg));
+		uint8_t d = request(T_DISCARD, 0, g_buf, sizeof(seg), false);
+		memset(g_buf2, 0xFF, 4096);
+		uint8_t r = request(T_IN, 16, g_buf2, 4096, true);
+		uint32_t nonzero = 0;
+		for (uint32_t i = 0; i < 4096 / 4; i++)
+			nonzero |= ((uint32_t *)g_buf2)[i];
+		check("vblk_discard", w == ST_OK && d == ST_OK && r == ST_OK && !nonzero,
+		      "write %u discard %u read %u, data %s", w, d, r, nonzero ? "not zero" : "zero");
+	}
+}
+
+static void check_errors(void)
+{
+	/* Data buffers outside guest RAM: beyond 4 GiB + RAM, and in the PCI hole. */
+	static const uint64_t bad_addrs[] = {0x4000000000ull, 0xD0000000ull};
+	for (uint32_t i = 0; i < ARRAY_SIZE(bad_addrs); i++) {
+		uint8_t st = request64(T_IN, 0, bad_addrs[i], 512, true);
+		bool handled = st == ST_IOERR || (st == ST_UNTOUCHED && g_used_len == 0);
+		char name[40];
+		snprintf(name, sizeof(name), "vblk_bad_descriptor%u", i);
+		check(name, handled, "buffer at 0x%llx: status %u used length %u, want IOERR or dropped", bad_addrs[i],
+		      st, g_used_len);
+		snprintf(name, sizeof(name), "vblk_after_bad_descriptor%u", i);
+		read_verify(name, 0, 512);
+	}
+	/* A descriptor loop: 0 -> 1 -> 0. */
+	g_hdr.type = T_IN;
+	g_hdr.sector = 0;
+	g_status[0] = ST_UNTOUCHED;
+	set_desc(0, (uintptr_t)&g_hdr, 16, D_NEXT, 1);
+	set_desc(1, (uintptr_t)g_buf2, 512, D_NEXT | D_WRITE, 0);
+	bool done = kick_and_wait(0);
+	check("vblk_descriptor_loop", done && (g_status[0] == ST_IOERR || g_used_len == 0),
+	      "done %u status %u used length %u", done, g_status[0], g_used_len);
+	read_verify("vblk_after_descriptor_loop", 1, 512);
+}
+
+static void check_reset(void)
+{
+	c_write8(C_STATUS, 0);
+	uint8_t status = c_read8(C_STATUS);
+	c_write16(C_Q_SELECT, 0);
+	uint16_t enabled = c_read16(C_Q_ENABLE), vec = c_read16(C_Q_MSIX);
+	c_write32(C_GFSELECT, 1);
+	uint32_t gf = c_read32(C_GF);
+	check("vblk_reset", status == 0 && enabled == 0 && vec == 0xFFFF && gf == 0,
+	      "status %u, queue enable %u, vector 0x%x, driver features hi 0x%x after reset", status, enabled, vec, gf);
+	uint8_t s1 = negotiate(v.features);
+	uint8_t s2 = setup_queue();
+	check("vblk_reinit", s1 == 0xB && s2 == 0xF, "status 0x%x then 0x%x", s1, s2);
+	read_verify("vblk_read_after_reset", 0, 4096);
+}
+
+void probe_main(void)
+{
+	v.readonly = cmdline_is("expect_readonly", "1");
+	if (!find_device() || !map_device() || !walk_caps())
+		return;
+
+	/* Features */
+	c_write8(C_STATUS, 0);
+	check("vblk_reset_initial", c_read8(C_STATUS) == 0, "status 0x%x after writing 0", c_read8(C_STATUS));
+	v.offered = device_features();
+	probe_info("vblk_features", "0x%llx", v.offered);
+	check("vblk_version_1", has(v.offered, F_VERSION_1), "VERSION_1 not offered (0x%llx)", v.offered);
+	check("vblk_ro_feature", has(v.offered, F_BLK_RO) == v.readonly, "RO offered %u, expect_readonly %u",
+	      has(v.offered, F_BLK_RO), v.readonly);
+	uint8_t s = negotiate(v.offered & (1ull << F_BLK_FLUSH));
+	check("vblk_features_ok_needs_version_1", !(s & S_FEATURES_OK), "status 0x%x without VERSION_1", s);
+	uint64_t want = (1ull << F_VERSION_1) | (1ull << F_BLK_FLUSH) | (1ull << F_EVENT_IDX) | (1ull << F_INDIRECT) |
+			(1ull << F_BLK_DISCARD) | (1ull << F_BLK_SEG_MAX) | (1ull << F_BLK_BLK_SIZE) |
+			(1ull << F_BLK_RO);
+	v.features = v.offered & want;
+	s = negotiate(v.features);
+	check("vblk_features_ok", s == (S_ACK | S_DRIVER | S_FEATURES_OK), "status 0x%x", s);
+
+	/* Device configuration */
+	v.sectors = mmio_read32(v.device) | (uint64_t)mmio_read32(v.device + 4) << 32;
+	uint32_t seg_max = mmio_read32(v.device + 0x0C), blk_size = mmio_read32(v.device + 0x14);
+	probe_info("vblk_capacity", "%llu sectors, seg_max %u, blk_size %u", v.sectors, seg_max, blk_size);
+	uint32_t expect;
+	if (cmdline_get_u32("expect_sectors", &expect))
+		check("vblk_capacity", v.sectors == expect, "%llu sectors, want %u", v.sectors, expect);
+	check("vblk_config", blk_size == 512 && seg_max >= 1 && v.sectors >= 2, "blk_size %u seg_max %u", blk_size,
+	      seg_max);
+
+	/* Queue configuration */
+	c_write16(C_Q_SELECT, 0);
+	uint16_t max = c_read16(C_Q_SIZE);
+	probe_info("vblk_queue", "max size %u, %u queue(s)", max, c_read16(C_NUMQ));
+	c_write16(C_Q_SIZE, 100);
+	uint16_t after_bad = c_read16(C_Q_SIZE);
+	c_write16(C_Q_SIZE, QSZ);
+	uint16_t after_good = c_read16(C_Q_SIZE);
+	check("vblk_queue_size_not_pow2_rejected", after_bad == max && after_good == QSZ,
+	      "max %u, after writing 100: %u, after writing %u: %u", max, after_bad, QSZ, after_good);
+	s = setup_queue();
+	c_write16(C_Q_SELECT, 0);
+	uint16_t qvec = c_read16(C_Q_MSIX), cvec = c_read16(C_MSIX);
+	check("vblk_msix_vectors", qvec == 1 && cvec == 0, "queue vector %u, config vector %u", qvec, cvec);
+	check("vblk_driver_ok", s == 0xF, "status 0x%x", s);
+	if (s != 0xF)
+		return;
+
+	check_data();
+	check_errors();
+	check_reset();
+	c_write8(C_STATUS, 0);
+}
