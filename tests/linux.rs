@@ -141,6 +141,10 @@ fn linux_boots_with_its_root_filesystem_on_nvme() {
     );
     let kernel = out.join("vmlinux");
     let volume = format!("path={},id=vol-0abcdef0123456789,name=sdf", disk.display());
+    // A virtio-blk disk beside it: Linux's virtio_blk driver must bind it too (read-only here).
+    let scratch = scratch_path("linux-virtio-scratch.img");
+    std::fs::write(&scratch, vec![0u8; 8 << 20]).expect("create the scratch disk");
+    let disk_spec = format!("path={},readonly=on,id=scratch-disk", scratch.display());
     let run = run_flint(
         &[
             "run",
@@ -152,6 +156,8 @@ fn linux_boots_with_its_root_filesystem_on_nvme() {
             "512M",
             "--volume",
             &volume,
+            "--disk",
+            &disk_spec,
             "--cmdline",
             &cmdline,
         ],
@@ -165,7 +171,9 @@ fn linux_boots_with_its_root_filesystem_on_nvme() {
     let context = || format!("--- console ---\n{console}\n--- stderr ---\n{}", run.stderr);
     // Linux's own nvme driver bound the controller and mounted the root filesystem from it.
     for needle in [
+        "PCI host bridge to bus 0000:00",
         "nvme nvme0: pci function 0000:00:01.0",
+        "virtio_blk virtio0: [vda] 16384 512-byte logical blocks",
         "EXT4-fs (nvme0n1): mounted filesystem",
         "VFS: Mounted root (ext4 filesystem)",
         "FLINT-INIT-OK",
