@@ -184,6 +184,11 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
         attach_disk(&pci, &mem, index, disk)?;
     }
     // -- end virtio-blk disks --
+    // -- virtio-net (issue 4): one virtio-pci device per --net, after the disks --
+    for (index, net) in config.nets.iter().enumerate() {
+        attach_net(&pci, &mem, index, net)?;
+    }
+    // -- end virtio-net --
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuRunContext {
@@ -274,6 +279,31 @@ fn attach_disk(
 }
 // -- end virtio-blk disks --
 
+// -- virtio-net (issue 4) --
+/// Opens the TAP `net` names and attaches a virtio-net device on it.
+fn attach_net(
+    pci: &PciSystem,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    net: &crate::net::NetConfig,
+) -> anyhow::Result<()> {
+    use devices::virtio::VirtioPciDevice;
+    use devices::virtio_net::VirtioNet;
+    let context = |e: &dyn std::fmt::Display| anyhow::anyhow!("--net tap={}: {e}", net.tap);
+    let tap = crate::net::open_tap(&net.tap).map_err(|e| context(&e))?;
+    let mac = net.mac();
+    let device =
+        VirtioPciDevice::new(Box::new(VirtioNet::new(tap, mac)), mem.clone()).map_err(|e| context(&e))?;
+    let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
+    log::info!(
+        "TAP {} is virtio-net device {index} at PCI 00:{slot:02x}.0 (MAC {})",
+        net.tap,
+        crate::net::format_mac(&mac)
+    );
+    Ok(())
+}
+// -- end virtio-net --
+
 fn resolve_cpu_profile(choice: CpuProfileChoice) -> CpuProfile {
     match choice {
         CpuProfileChoice::Fixed(profile) => profile,
@@ -345,10 +375,10 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> anyhow::Result<()>
             memory_size: region.len(),
             userspace_addr: host_addr as u64,
         };
-        // SAFETY: the region describes a live mapping owned by `mem` (`host_addr` is its start and
-        // `len` its exact length, both from vm-memory), and `mem` outlives the VM: it is dropped only
-        // after every vCPU thread has been joined and the VM fd is closed at the end of `run`.
-        // Distinct slots never overlap because vm-memory's regions are disjoint.
+        // Why this is sound: `host_addr` and `len` are the start and exact length of a live mapping
+        // owned by `mem` (vm-memory's regions are disjoint, so slots never overlap), and KVM touches a
+        // slot only while a vCPU runs: `run` joins every vCPU thread before `mem` is dropped.
+        // SAFETY: the slot describes memory that stays mapped for as long as any vCPU can use it.
         unsafe { vm.set_user_memory_region(region_desc) }
             .with_context(|| format!("KVM_SET_USER_MEMORY_REGION for slot {slot}"))?;
     }
