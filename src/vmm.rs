@@ -199,11 +199,19 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
             process_start,
         };
         let index = index as u32;
-        let handle = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || vcpu::run(index, fd, ctx))
-            .with_context(|| format!("cannot start the thread of vCPU {index}"))?;
-        threads.push(handle);
+            .spawn(move || vcpu::run(index, fd, ctx));
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                // Stop the vCPUs already running before guest RAM goes away with this frame.
+                exit.stop(VmOutcome::Error(format!(
+                    "cannot start the thread of vCPU {index}: {e}"
+                )));
+                break;
+            }
+        }
     }
 
     while exit.outcome().is_none() {
