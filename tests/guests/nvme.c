@@ -58,6 +58,11 @@
  *   expect_readonly=0|1      NSATTR write protection and the behaviour of writes (default 0)
  *   bench=1                  after the functional checks, a small benchmark of the first controller
  *                            (PROBE-INFO bench_* lines; no checks depend on timing)
+ *   bench=seqwrite           instead of the functional checks (only PCI setup, bring-up and Identify
+ *                            run), timed sequential writes on the first controller: the write rate
+ *                            over time, for rate-limit tests (see bench_seqwrite below). Keys:
+ *                            bench_seconds=N (default 7), bench_xfer_kib=K (default 512, at most
+ *                            MDTS), bench_qd=Q (default 8, at most 32), bench_slice_ms=M (default 250)
  *   exit=...                 see the boot probe
  */
 #include "probe.h"
@@ -1350,11 +1355,18 @@ static void logs(struct ctrl *c)
 	}
 }
 
+static void shutdown_notify(struct ctrl *c);
 static void shutdown(struct ctrl *c)
 {
 	uint16_t a = delete_queue(c, ADM_DELETE_SQ, 1), b = delete_queue(c, ADM_DELETE_CQ, 1);
 	uint16_t d = delete_queue(c, ADM_DELETE_SQ, 2), e = delete_queue(c, ADM_DELETE_CQ, 2);
 	check("delete_io_queues", !(a | b | d | e), "statuses SQ1 0x%x CQ1 0x%x SQ2 0x%x CQ2 0x%x", a, b, d, e);
+	shutdown_notify(c);
+}
+
+/* CC.SHN = 01b -> CSTS.SHST = 10b, then CC.EN = 0 -> CSTS.RDY = 0. */
+static void shutdown_notify(struct ctrl *c)
+{
 	uint32_t last;
 	reg_write(c, REG_CC, reg_read(c, REG_CC) | CC_SHN_NORMAL);
 	bool done = wait_csts(c, 3u << 2, 2u << 2, 10000, &last);
@@ -1375,6 +1387,7 @@ static uint32_t rnd(void)
 }
 
 static void bench(struct ctrl *c);
+static void bench_seqwrite(struct ctrl *c);
 
 /* ---------------------------------------------------------------- per controller */
 static void run_controller(struct ctrl *c)
@@ -1388,6 +1401,12 @@ static void run_controller(struct ctrl *c)
 	admin_identify(c);
 	if (!c->nsze)
 		return;
+	if (cmdline_is("bench", "seqwrite")) {
+		if (c->idx == 0)
+			bench_seqwrite(c);
+		shutdown_notify(c);
+		return;
+	}
 	if (!create_queues(c))
 		return;
 	submit_aer(c);
@@ -1601,4 +1620,197 @@ static void bench(struct ctrl *c)
 	}
 	g_shadow = false;
 	check("bench_no_errors", errors == 0, "%u benchmark commands failed or never completed", errors);
+}
+
+/* ---------------------------------------------------------------- benchmark (bench=seqwrite) */
+/*
+ * Sequential writes of bench_xfer_kib KiB (PRP1 + a PRP list) with bench_qd commands outstanding, on a
+ * polled 64-entry I/O queue (qid 3) of the first controller, for bench_seconds of TSC time, over the
+ * range 16 MiB .. end - 1 MiB (outside R0..Z), wrapping around. Each slot has its own buffer and PRP
+ * list (at BENCH_SW_BASE, above the per-controller work areas). The data is whatever is in the
+ * buffers: nothing checks it.
+ *
+ * The run is cut into slices of bench_slice_ms: a slice ends at the first completion after its nominal
+ * end (so every slice ends at a completion and the next one starts there), and bytes count at
+ * completion. The slices are recorded and printed after the run (printing would slow the run down):
+ *
+ *   PROBE-INFO bench_seqwrite_slice_<i>=start_us=<from the start> us=<length> ops=<N> bytes=<N>
+ *   PROBE-INFO bench_seqwrite=ops=<N> bytes=<N> us=<N> errors=<N> xfer=<bytes> qd=<N> slices=<N>
+ *   PROBE bench_seqwrite ok|FAIL     (FAIL on a failed command or a stall: nothing completed for 5 s)
+ */
+#define BENCH_SW_BASE 0x1000000u /* 16 MiB: buffers, then the PRP lists */
+#define BENCH_SW_MAX_QD 32u
+#define BENCH_SW_MAX_XFER 0x80000u /* 512 KiB per slot */
+#define BENCH_SW_MAX_SLICES 1024u
+
+struct sw_slice {
+	uint64_t start, end; /* TSC */
+	uint32_t ops;
+	uint64_t bytes;
+};
+static struct sw_slice g_sw_slices[BENCH_SW_MAX_SLICES];
+
+static void bench_seqwrite(struct ctrl *c)
+{
+	uint32_t seconds = 7, xfer_kib = 512, qd = 8, slice_ms = 250;
+	cmdline_get_u32("bench_seconds", &seconds);
+	cmdline_get_u32("bench_xfer_kib", &xfer_kib);
+	cmdline_get_u32("bench_qd", &qd);
+	cmdline_get_u32("bench_slice_ms", &slice_ms);
+	uint32_t mdts = c->mdts_bytes ? c->mdts_bytes : BENCH_SW_MAX_XFER;
+	if (mdts > BENCH_SW_MAX_XFER)
+		mdts = BENCH_SW_MAX_XFER;
+	uint32_t xfer = xfer_kib * 1024u, shift = c->lba_shift;
+	if (!probe_check("bench_seqwrite_params",
+			 xfer_kib && xfer_kib <= mdts / 1024 && xfer % PAGE == 0 && qd >= 1 && qd <= BENCH_SW_MAX_QD &&
+				 seconds >= 1 && seconds <= 3600 && slice_ms >= 1,
+			 "bench_xfer_kib=%u (a multiple of 4, at most %u) bench_qd=%u (1..%u) bench_seconds=%u "
+			 "bench_slice_ms=%u",
+			 xfer_kib, mdts / 1024, qd, BENCH_SW_MAX_QD, seconds, slice_ms))
+		return;
+	uint64_t lists = BENCH_SW_BASE + (uint64_t)qd * xfer;
+	if (!probe_check("bench_seqwrite_memory", memmap_is_ram(BENCH_SW_BASE, lists + qd * PAGE - BENCH_SW_BASE),
+			 "0x%x+0x%llx is not RAM", BENCH_SW_BASE, lists + qd * PAGE - BENCH_SW_BASE))
+		return;
+	uint64_t lo = 16 * 0x100000ull, hi = disk_bytes(c) - 0x100000ull;
+	if (!probe_check("bench_seqwrite_disk", hi > lo + xfer, "disk of %llu bytes: want more than 17 MiB + %u",
+			 disk_bytes(c), xfer))
+		return;
+	probe_info("bench_disk", "bytes=%llu block_size=%u", disk_bytes(c), 1u << shift);
+
+	/* Set Features Number of Queues, then one polled I/O queue pair (qid 3, 64 entries). */
+	struct sqe s;
+	sqe_init(&s, ADM_SET_FEATURES, 0);
+	s.dw[10] = 0x07;
+	s.dw[11] = 3u << 16 | 3u;
+	uint16_t st = exec(c, &c->admin, &s, NULL);
+	if (!check_status("bench_set_num_queues", st, ST_OK))
+		return;
+	struct queue *q = &c->q3;
+	queue_init(c, q, 3, OFF_SQ3, Q1_ENTRIES, OFF_CQ3, Q1_ENTRIES, 0);
+	uint16_t a = create_cq(c, 3, q->cq, Q1_ENTRIES, true, false, 0), b = create_sq(c, 3, q->sq, Q1_ENTRIES, 3);
+	if (!check("bench_queue", !(a | b), "Create I/O CQ/SQ 3 for the benchmark: 0x%x 0x%x", a, b))
+		return;
+
+	/* Per slot: a buffer of xfer bytes and its PRP list (entries for pages 1..n-1). */
+	uint32_t pages = xfer / PAGE;
+	for (uint32_t slot = 0; slot < qd; slot++) {
+		uint32_t buf = BENCH_SW_BASE + slot * xfer;
+		uint64_t *list = (uint64_t *)(uintptr_t)(lists + slot * PAGE);
+		for (uint32_t i = 1; i < pages; i++)
+			list[i - 1] = buf + i * PAGE;
+	}
+	rw_sqe(c, &s, IO_WRITE, 0, xfer >> shift, BENCH_SW_BASE, 0);
+	for (uint32_t i = 0; i < q->sq_size; i++)
+		memcpy((void *)(q->sq + i * 64), &s, sizeof(s));
+
+	uint16_t free_slots[BENCH_SW_MAX_QD];
+	uint32_t nfree = 0;
+	for (uint32_t i = 0; i < qd; i++)
+		free_slots[nfree++] = (uint16_t)(qd - 1 - i);
+	uint32_t completed = 0, outstanding = 0, errs = 0, nslices = 0;
+	uint64_t seq = lo, bytes = 0;
+	uint64_t khz = tsc_khz();
+	uint64_t slice_ticks = khz * slice_ms, run_ticks = khz * 1000u * seconds, stall = khz * 5000u;
+	struct sw_slice cur = { 0, 0, 0, 0 };
+	uint64_t t0 = rdtsc(), progress = t0, last = t0;
+	cur.start = t0;
+	bool stalled = false;
+	struct cqe e;
+	for (;;) {
+		bool submitting = last - t0 < run_ticks;
+		if (!submitting && !outstanding)
+			break;
+		uint32_t n = 0;
+		while (submitting && nfree) {
+			uint32_t slot = free_slots[--nfree];
+			uint64_t off = seq;
+			seq += xfer;
+			if (seq + xfer > hi)
+				seq = lo;
+			volatile uint32_t *d = (volatile uint32_t *)(q->sq + (uint32_t)q->tail * 64);
+			d[0] = IO_WRITE | slot << 16;
+			d[6] = BENCH_SW_BASE + slot * xfer;
+			d[7] = 0;
+			if (pages == 2) {
+				d[8] = BENCH_SW_BASE + slot * xfer + PAGE;
+			} else if (pages > 2) {
+				d[8] = (uint32_t)(lists + slot * PAGE);
+			} else {
+				d[8] = 0;
+			}
+			d[9] = 0;
+			uint64_t lba = off >> shift;
+			d[10] = (uint32_t)lba;
+			d[11] = (uint32_t)(lba >> 32);
+			if (++q->tail == q->sq_size)
+				q->tail = 0;
+			outstanding++;
+			n++;
+		}
+		if (n) {
+			barrier();
+			mmio_write32(q->sq_db, q->tail);
+		}
+		uint32_t reaped = 0;
+		while (cq_take(q, &e)) {
+			reaped++;
+			if (e.status)
+				errs++;
+			else {
+				cur.ops++;
+				cur.bytes += xfer;
+			}
+			if (e.cid < qd && nfree < qd)
+				free_slots[nfree++] = e.cid;
+		}
+		uint64_t now = rdtsc();
+		if (reaped) {
+			mmio_write32(q->cq_db, q->head);
+			completed += reaped;
+			outstanding = reaped > outstanding ? 0 : outstanding - reaped;
+			progress = last = now;
+			if (now - cur.start >= slice_ticks) {
+				cur.end = now;
+				bytes += cur.bytes;
+				if (nslices < BENCH_SW_MAX_SLICES)
+					g_sw_slices[nslices] = cur;
+				nslices++;
+				cur.start = now;
+				cur.ops = 0;
+				cur.bytes = 0;
+			}
+		} else if (now - progress > stall) {
+			errs += outstanding;
+			stalled = true;
+			break;
+		}
+	}
+	if (!stalled && cur.ops) { /* the last, shorter slice */
+		cur.end = last;
+		bytes += cur.bytes;
+		if (nslices < BENCH_SW_MAX_SLICES)
+			g_sw_slices[nslices] = cur;
+		nslices++;
+	} else {
+		bytes += cur.bytes;
+	}
+	uint32_t shown = nslices < BENCH_SW_MAX_SLICES ? nslices : BENCH_SW_MAX_SLICES;
+	for (uint32_t i = 0; i < shown; i++) {
+		const struct sw_slice *sl = &g_sw_slices[i];
+		char key[48];
+		snprintf(key, sizeof(key), "bench_seqwrite_slice_%u", i);
+		probe_info(key, "start_us=%llu us=%u ops=%u bytes=%llu", udiv64((sl->start - t0) * 1000u, (uint32_t)khz, NULL),
+			   tsc_to_us(sl->end - sl->start), sl->ops, sl->bytes);
+	}
+	uint32_t us = tsc_to_us(last - t0);
+	probe_info("bench_seqwrite", "ops=%u bytes=%llu us=%u errors=%u xfer=%u qd=%u slices=%u%s", completed, bytes, us,
+		   errs, xfer, qd, nslices, stalled ? " stalled" : "");
+	probe_check("bench_seqwrite", !errs && !stalled && completed, "%u writes failed%s", errs,
+		    stalled ? " or never completed (stalled: nothing completed for 5 s)" : "");
+	if (!stalled) {
+		a = delete_queue(c, ADM_DELETE_SQ, 3);
+		b = delete_queue(c, ADM_DELETE_CQ, 3);
+		check("bench_delete_queue", !(a | b), "Delete I/O SQ/CQ 3: 0x%x 0x%x", a, b);
+	}
 }
