@@ -76,6 +76,12 @@ pub struct RunArgs {
     #[arg(long = "disk", value_name = "SPEC")]
     pub disks: Vec<String>,
     // -- end virtio-blk disks --
+    // -- virtio-net (issue 4) --
+    /// A virtio-net device on a host TAP (repeatable; attached after the disks):
+    /// tap=NAME[,mac=02:..][,queues=1] (the TAP is created when missing, which needs root)
+    #[arg(long = "net", value_name = "SPEC")]
+    pub nets: Vec<String>,
+    // -- end virtio-net --
     /// CPUID profile: auto (pvm-compat on PVM hosts), host or pvm-compat [default: auto].
     #[arg(long, value_name = "PROFILE")]
     pub cpu_profile: Option<String>,
@@ -97,6 +103,7 @@ impl RunArgs {
             volumes: (!self.volumes.is_empty()).then(|| self.volumes.clone()),
             ebs_burst_seconds: self.ebs_burst_seconds,
             disks: (!self.disks.is_empty()).then(|| self.disks.clone()),
+            nets: (!self.nets.is_empty()).then(|| self.nets.clone()),
         };
         let base = match &self.config {
             Some(path) => RawConfig::from_file(path)?,

@@ -99,6 +99,10 @@ pub struct VmConfig {
     /// virtio-blk disks, attached after the volumes, in PCI slot order.
     pub disks: Vec<DiskConfig>,
     // -- end virtio-blk disks --
+    // -- virtio-net (issue 4) --
+    /// virtio-net devices, attached after the disks, in PCI slot order.
+    pub nets: Vec<crate::net::NetConfig>,
+    // -- end virtio-net --
 }
 
 /// The command line a guest gets when none is given.
@@ -132,6 +136,8 @@ pub struct RawConfig {
     pub ebs_burst_seconds: Option<u64>,
     /// `--disk` specs, e.g. "path=scratch.img,readonly=on".
     pub disks: Option<Vec<String>>,
+    /// `--net` specs, e.g. "tap=tap0,mac=02:00:00:00:00:01".
+    pub nets: Option<Vec<String>>,
 }
 
 /// A memory size as written in a config file: "4G" or a plain number of MiB.
@@ -171,6 +177,9 @@ pub enum ConfigError {
     /// A malformed `--disk`.
     #[error("--disk {0}: {1}")]
     Disk(String, String),
+    /// A malformed `--net`.
+    #[error("--net {0}: {1}")]
+    Net(String, String),
     /// Unknown instance type or generation.
     #[error("--instance-type: {0}")]
     InstanceType(String),
@@ -260,6 +269,7 @@ impl RawConfig {
             volumes: flags.volumes.or(self.volumes),
             ebs_burst_seconds: flags.ebs_burst_seconds.or(self.ebs_burst_seconds),
             disks: flags.disks.or(self.disks),
+            nets: flags.nets.or(self.nets),
         }
     }
 
@@ -344,8 +354,20 @@ impl RawConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // -- end virtio-blk disks --
+        // -- virtio-net (issue 4) --
+        let nets = self
+            .nets
+            .unwrap_or_default()
+            .iter()
+            .map(|spec| {
+                spec.parse()
+                    .map_err(|why| ConfigError::Net(spec.clone(), why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // -- end virtio-net --
         Ok(VmConfig {
             disks,
+            nets,
             ebs_burst,
             kernel,
             volumes,
@@ -541,6 +563,38 @@ mod tests {
         assert!(raw("k").validate().unwrap().disks.is_empty());
     }
     // -- end virtio-blk disks --
+
+    // -- virtio-net (issue 4) --
+    #[test]
+    fn nets_from_flags_and_files() {
+        let json: RawConfig = serde_json::from_str(
+            r#"{"kernel": "k", "nets": ["tap=t0", "tap=t1,mac=02:00:00:00:00:01"]}"#,
+        )
+        .unwrap();
+        let c = json.clone().validate().unwrap();
+        assert_eq!(c.nets.len(), 2);
+        assert_eq!(c.nets[1].mac, Some([2, 0, 0, 0, 0, 1]));
+        let flags = RawConfig {
+            nets: Some(vec!["tap=t2".into()]),
+            ..Default::default()
+        };
+        let c = json.overridden_by(flags).validate().unwrap();
+        assert_eq!(c.nets.len(), 1);
+        assert_eq!(c.nets[0].tap, "t2");
+        let err = RawConfig {
+            nets: Some(vec!["tap=t0,mac=x".into()]),
+            ..raw("k")
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("--net tap=t0,mac=x: mac=x: expected six hex bytes"),
+            "{err}"
+        );
+        assert!(raw("k").validate().unwrap().nets.is_empty());
+    }
+    // -- end virtio-net --
 
     #[test]
     fn serial_and_profile_parse() {

@@ -12,6 +12,7 @@ pub mod host;
 pub mod instance;
 pub mod interrupts;
 pub mod loader;
+pub mod net;
 pub mod pci;
 pub mod signals;
 pub mod terminal;

@@ -300,8 +300,14 @@ fn attach_net(
     let context = |e: &dyn std::fmt::Display| anyhow::anyhow!("--net tap={}: {e}", net.tap);
     let tap = crate::net::open_tap(&net.tap).map_err(|e| context(&e))?;
     let mac = net.mac();
-    let device =
-        VirtioPciDevice::new(Box::new(VirtioNet::new(tap, mac)), mem.clone()).map_err(|e| context(&e))?;
+    // The device sets the TAP's offloads to what the guest's driver acknowledges.
+    let offload_fd = tap.try_clone().map_err(|e| context(&e))?;
+    let set_offload = Box::new(move |flags| crate::net::set_offload(&offload_fd, flags));
+    let device = VirtioPciDevice::new(
+        Box::new(VirtioNet::with_offloads(tap, mac, set_offload)),
+        mem.clone(),
+    )
+    .map_err(|e| context(&e))?;
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
     log::info!(
         "TAP {} is virtio-net device {index} at PCI 00:{slot:02x}.0 (MAC {})",

@@ -17,6 +17,7 @@ pub mod rate_limiter;
 pub mod serial;
 pub mod virtio;
 pub mod virtio_blk;
+pub mod virtio_net;
 
 /// Why the guest asked the VM to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,486 @@
+/*
+ * virtio-net probe: drives the first modern virtio-net device on PCI bus 0 (1af4:1041) the way a
+ * driver does (docs/virtio.md), one PROBE line per check:
+ *
+ *   pci       ids, class 02/00, revision 1; memory space + bus master; the vendor capabilities
+ *             (common, notify, ISR, device config) inside BAR0.
+ *   features  VERSION_1, MAC and STATUS offered and accepted (FEATURES_OK).
+ *   config    the MAC equals expect_mac=, the link status is up.
+ *   queues    RX (queue 0) and TX (queue 1), 16 entries each, no interrupts (the probe polls the
+ *             used rings); eight 2 KiB RX buffers posted before anything is sent.
+ *   tx        frames of 60, 590 and 1514 bytes (seq 0, 1, 2), a malformed chain (a buffer outside
+ *             guest RAM: the device must return it without sending anything), then a 100-byte frame
+ *             (seq 3) which must still go out. The test reads them from the TAP.
+ *   rx        the frames the test writes into the TAP: expect_rx=N of them (default 3), sizes
+ *             60, 1000, 1514, within rx_wait_ms= (default 30000); other frames are ignored.
+ *
+ * Frames (ethertype 0x88B5, local experimental): bytes 14-17 "FLNT", byte 18 the sequence number,
+ * byte 19 the direction ('G' guest to host, 'H' host to guest), byte i >= 20 is
+ * (seq * 31 + i) & 0xff from the guest and (seq * 17 + i) & 0xff from the host. Guest frames go to
+ * ff:ff:ff:ff:ff:ff from the device's MAC.
+ *
+ * Command-line keys: expect_mac=02:..., expect_rx=N, rx_wait_ms=N, ack_offloads=1 (also require and
+ * accept CSUM, GUEST_CSUM, GUEST/HOST_TSO4/6, so the device sets the TAP's offloads; the frames carry
+ * no partial checksums either way), exit=... (see the boot probe).
+ */
+#include "probe.h"
+
+const char probe_name[] = "virtio_net";
+
+#define CFG_ADDR 0xCF8
+#define CFG_DATA 0xCFC
+
+static uint32_t cf8(uint8_t dev, uint16_t reg) { return 0x80000000u | (uint32_t)dev << 11 | (reg & 0xFC); }
+static uint32_t cfg_read32(uint8_t dev, uint16_t reg)
+{
+	outl(CFG_ADDR, cf8(dev, reg));
+	return inl(CFG_DATA);
+}
+static uint16_t cfg_read16(uint8_t dev, uint16_t reg)
+{
+	outl(CFG_ADDR, cf8(dev, reg));
+	return inw(CFG_DATA + (reg & 2));
+}
+static uint8_t cfg_read8(uint8_t dev, uint16_t reg)
+{
+	outl(CFG_ADDR, cf8(dev, reg));
+	return inb(CFG_DATA + (reg & 3));
+}
+static void cfg_write16(uint8_t dev, uint16_t reg, uint16_t v)
+{
+	outl(CFG_ADDR, cf8(dev, reg));
+	outw(CFG_DATA + (reg & 2), v);
+}
+
+#define CAP_COMMON 1
+#define CAP_NOTIFY 2
+#define CAP_ISR 3
+#define CAP_DEVICE 4
+
+#define C_DFSELECT 0x00
+#define C_DF 0x04
+#define C_GFSELECT 0x08
+#define C_GF 0x0C
+#define C_MSIX 0x10
+#define C_STATUS 0x14
+#define C_Q_SELECT 0x16
+#define C_Q_SIZE 0x18
+#define C_Q_MSIX 0x1A
+#define C_Q_ENABLE 0x1C
+#define C_Q_NOFF 0x1E
+#define C_Q_DESC 0x20
+#define C_Q_DRIVER 0x28
+#define C_Q_DEVICE 0x30
+
+#define S_ACK 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+
+#define F_NET_CSUM 0
+#define F_NET_GUEST_CSUM 1
+#define F_NET_GUEST_TSO4 7
+#define F_NET_GUEST_TSO6 8
+#define F_NET_HOST_TSO4 11
+#define F_NET_HOST_TSO6 12
+#define F_NET_MAC 5
+#define F_NET_STATUS 16
+#define F_VERSION_1 32
+
+#define D_NEXT 1
+#define D_WRITE 2
+
+#define QSZ 16
+#define NRX 8
+#define RXBUF 2048
+#define HDR 12
+#define ETHERTYPE 0x88B5
+
+struct vdesc {
+	uint64_t addr;
+	uint32_t len;
+	uint16_t flags;
+	uint16_t next;
+} PACKED;
+
+struct ring {
+	uint8_t *mem; /* descriptors + available ring; used ring on the next page */
+	uint16_t avail_idx, used_idx, notify_off;
+};
+
+static uint8_t g_rx_ring[2 * 4096] __attribute__((aligned(4096)));
+static uint8_t g_tx_ring[2 * 4096] __attribute__((aligned(4096)));
+static uint8_t g_rxbuf[NRX][RXBUF] __attribute__((aligned(4096)));
+static uint8_t g_txhdr[HDR] __attribute__((aligned(16)));
+static uint8_t g_txframe[1600] __attribute__((aligned(64)));
+
+static struct ring rxq = {g_rx_ring, 0, 0, 0}, txq = {g_tx_ring, 0, 0, 0};
+
+#define DESC(r) ((volatile struct vdesc *)(r)->mem)
+#define AVAIL(r) ((volatile uint16_t *)((r)->mem + 16 * QSZ))
+#define USED(r) ((volatile uint8_t *)((r)->mem + 4096))
+
+static struct {
+	uint8_t dev;
+	uintptr_t bar;
+	uint64_t bar_size;
+	uintptr_t common, notify, isr, device;
+	uint32_t notify_mult, common_len;
+	uint64_t offered;
+	uint8_t mac[6];
+} v;
+
+static void check(const char *name, bool ok, const char *fmt, ...) PRINTF_LIKE(3, 4);
+static void check(const char *name, bool ok, const char *fmt, ...)
+{
+	if (ok) {
+		probe_ok(name);
+		return;
+	}
+	char why[160];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	probe_fail(name, "%s", why);
+}
+
+static uint8_t c_read8(uint32_t off) { return mmio_read8(v.common + off); }
+static uint16_t c_read16(uint32_t off) { return mmio_read16(v.common + off); }
+static uint32_t c_read32(uint32_t off) { return mmio_read32(v.common + off); }
+static void c_write8(uint32_t off, uint8_t x) { mmio_write8(v.common + off, x); }
+static void c_write16(uint32_t off, uint16_t x) { mmio_write16(v.common + off, x); }
+static void c_write32(uint32_t off, uint32_t x) { mmio_write32(v.common + off, x); }
+static void c_write64(uint32_t off, uint64_t x)
+{
+	c_write32(off, (uint32_t)x);
+	c_write32(off + 4, (uint32_t)(x >> 32));
+}
+static bool has(uint64_t features, uint32_t bit) { return (features >> bit) & 1; }
+
+static bool find_device(void)
+{
+	uint32_t found = 0;
+	for (uint8_t dev = 1; dev < 32; dev++) {
+		if (cfg_read32(dev, 0) != 0x10411AF4u)
+			continue;
+		if (!found)
+			v.dev = dev;
+		found++;
+	}
+	probe_info("vnet_functions", "%u", found);
+	if (!found) {
+		probe_fail("vnet_found", "no 1af4:1041 function on bus 0");
+		return false;
+	}
+	probe_ok("vnet_found");
+	probe_info("vnet_slot", "%02x", v.dev);
+	uint32_t class_rev = cfg_read32(v.dev, 8);
+	check("vnet_ids", class_rev == 0x02000001u, "class/revision 0x%x (want 02/00/00 rev 1)", class_rev);
+	return true;
+}
+
+static bool map_device(void)
+{
+	uint32_t lo = cfg_read32(v.dev, 0x10), hi = cfg_read32(v.dev, 0x14);
+	uint64_t addr = ((uint64_t)hi << 32) | (lo & ~0xFu);
+	outl(CFG_ADDR, cf8(v.dev, 0x10));
+	outl(CFG_DATA, 0xFFFFFFFFu);
+	uint32_t mask = inl(CFG_DATA);
+	outl(CFG_DATA, lo);
+	v.bar_size = (uint64_t)(~(mask & ~0xFu) + 1u);
+	bool ok = ((lo >> 1) & 3) == 2 && addr && addr + v.bar_size <= 0x100000000ull;
+	check("vnet_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo, v.bar_size);
+	if (!ok)
+		return false;
+	v.bar = (uintptr_t)addr;
+	cfg_write16(v.dev, 0x04, cfg_read16(v.dev, 0x04) | 0x6); /* memory space + bus master */
+	return true;
+}
+
+static bool walk_caps(void)
+{
+	uint8_t ptr = (cfg_read16(v.dev, 0x06) & 0x10) ? cfg_read8(v.dev, 0x34) : 0;
+	uint32_t n = 0, seen = 0;
+	bool inside = true;
+	while (ptr && n++ < 32) {
+		if (cfg_read8(v.dev, ptr) == 0x09) {
+			uint8_t type = cfg_read8(v.dev, ptr + 3), bar = cfg_read8(v.dev, ptr + 4);
+			uint32_t off = cfg_read32(v.dev, ptr + 8), clen = cfg_read32(v.dev, ptr + 12);
+			if (type >= CAP_COMMON && type <= CAP_DEVICE && !(seen & (1u << type))) {
+				if (bar != 0 || (uint64_t)off + clen > v.bar_size)
+					inside = false;
+				seen |= 1u << type;
+				uintptr_t a = v.bar + off;
+				if (type == CAP_COMMON) {
+					v.common = a;
+					v.common_len = clen;
+				} else if (type == CAP_NOTIFY) {
+					v.notify = a;
+					v.notify_mult = cfg_read32(v.dev, ptr + 16);
+				} else if (type == CAP_ISR) {
+					v.isr = a;
+				} else {
+					v.device = a;
+				}
+			}
+		}
+		ptr = cfg_read8(v.dev, ptr + 1);
+	}
+	bool all = (seen & 0x1E) == 0x1E;
+	check("vnet_caps", all && inside && v.common_len >= 0x38, "types seen 0x%x, inside BAR0 %u, common length 0x%x",
+	      seen, inside, v.common_len);
+	return all && inside;
+}
+
+static uint64_t device_features(void)
+{
+	c_write32(C_DFSELECT, 0);
+	uint64_t lo = c_read32(C_DF);
+	c_write32(C_DFSELECT, 1);
+	return lo | (uint64_t)c_read32(C_DF) << 32;
+}
+
+static uint8_t negotiate(uint64_t f)
+{
+	c_write8(C_STATUS, 0);
+	c_write8(C_STATUS, S_ACK);
+	c_write8(C_STATUS, S_ACK | S_DRIVER);
+	c_write32(C_GFSELECT, 0);
+	c_write32(C_GF, (uint32_t)f);
+	c_write32(C_GFSELECT, 1);
+	c_write32(C_GF, (uint32_t)(f >> 32));
+	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+	return c_read8(C_STATUS);
+}
+
+static void setup_queue(uint16_t index, struct ring *r)
+{
+	memset(r->mem, 0, 2 * 4096);
+	r->avail_idx = r->used_idx = 0;
+	c_write16(C_Q_SELECT, index);
+	c_write16(C_Q_SIZE, QSZ);
+	r->notify_off = c_read16(C_Q_NOFF);
+	c_write64(C_Q_DESC, (uintptr_t)DESC(r));
+	c_write64(C_Q_DRIVER, (uintptr_t)AVAIL(r));
+	c_write64(C_Q_DEVICE, (uintptr_t)USED(r));
+	c_write16(C_Q_MSIX, 0xFFFF);
+	c_write16(C_Q_ENABLE, 1);
+}
+
+static void publish(struct ring *r, uint16_t head)
+{
+	AVAIL(r)[2 + r->avail_idx % QSZ] = head;
+	mb();
+	AVAIL(r)[1] = ++r->avail_idx;
+	mb();
+}
+static void kick(struct ring *r) { mmio_write16(v.notify + r->notify_off * v.notify_mult, 0); }
+
+/* The next used element of `r`, if any: returns true and sets id and len. */
+static bool pop_used(struct ring *r, uint32_t *id, uint32_t *len)
+{
+	if (*(volatile uint16_t *)(USED(r) + 2) == r->used_idx)
+		return false;
+	mb();
+	uint32_t slot = r->used_idx % QSZ;
+	*id = *(volatile uint32_t *)(USED(r) + 4 + 8 * slot);
+	*len = *(volatile uint32_t *)(USED(r) + 4 + 8 * slot + 4);
+	r->used_idx++;
+	return true;
+}
+
+static void post_rx(uint16_t i)
+{
+	DESC(&rxq)[i].addr = (uintptr_t)g_rxbuf[i];
+	DESC(&rxq)[i].len = RXBUF;
+	DESC(&rxq)[i].flags = D_WRITE;
+	DESC(&rxq)[i].next = 0;
+	publish(&rxq, i);
+}
+
+static void build_frame(uint8_t seq, uint32_t size)
+{
+	memset(g_txframe, 0xFF, 6);
+	memcpy(g_txframe + 6, v.mac, 6);
+	g_txframe[12] = ETHERTYPE >> 8;
+	g_txframe[13] = ETHERTYPE & 0xFF;
+	memcpy(g_txframe + 14, "FLNT", 4);
+	g_txframe[18] = seq;
+	g_txframe[19] = 'G';
+	for (uint32_t i = 20; i < size; i++)
+		g_txframe[i] = (uint8_t)(seq * 31 + i);
+}
+
+/* Sends a chain (header descriptor 0, frame descriptor 1 at `addr`) and waits for its completion;
+ * returns false on a timeout. */
+static bool send_chain(uint64_t addr, uint32_t len, uint32_t *used_len)
+{
+	memset(g_txhdr, 0, HDR);
+	DESC(&txq)[0].addr = (uintptr_t)g_txhdr;
+	DESC(&txq)[0].len = HDR;
+	DESC(&txq)[0].flags = D_NEXT;
+	DESC(&txq)[0].next = 1;
+	DESC(&txq)[1].addr = addr;
+	DESC(&txq)[1].len = len;
+	DESC(&txq)[1].flags = 0;
+	DESC(&txq)[1].next = 0;
+	publish(&txq, 0);
+	kick(&txq);
+	uint64_t dl = deadline_ms(5000);
+	uint32_t id;
+	while (!pop_used(&txq, &id, used_len))
+		if (deadline_passed(dl))
+			return false;
+	return id == 0;
+}
+
+static bool parse_mac(const char *s, uint8_t *mac)
+{
+	for (int i = 0; i < 6; i++) {
+		uint8_t b = 0;
+		for (int j = 0; j < 2; j++) {
+			char c = *s++;
+			uint8_t d;
+			if (c >= '0' && c <= '9')
+				d = (uint8_t)(c - '0');
+			else if (c >= 'a' && c <= 'f')
+				d = (uint8_t)(c - 'a' + 10);
+			else if (c >= 'A' && c <= 'F')
+				d = (uint8_t)(c - 'A' + 10);
+			else
+				return false;
+			b = (uint8_t)(b << 4 | d);
+		}
+		mac[i] = b;
+		if (i < 5 && *s++ != ':')
+			return false;
+	}
+	return true;
+}
+
+static void check_tx(void)
+{
+	static const uint32_t sizes[] = {60, 590, 1514};
+	for (uint8_t seq = 0; seq < ARRAY_SIZE(sizes); seq++) {
+		build_frame(seq, sizes[seq]);
+		uint32_t used = 0xFFFFFFFFu;
+		bool done = send_chain((uintptr_t)g_txframe, sizes[seq], &used);
+		char name[24];
+		snprintf(name, sizeof(name), "vnet_tx%u", seq);
+		check(name, done, "frame %u (%u bytes) not completed", seq, sizes[seq]);
+	}
+	/* A frame buffer outside guest RAM: returned, nothing sent. */
+	uint32_t used = 0xFFFFFFFFu;
+	bool done = send_chain(0x4000000000ull, 100, &used);
+	check("vnet_tx_bad_chain", done && used == 0, "completed %u, used length %u", done, used);
+	build_frame(3, 100);
+	done = send_chain((uintptr_t)g_txframe, 100, &used);
+	check("vnet_tx_after_bad_chain", done, "frame 3 not completed");
+}
+
+static void check_rx(void)
+{
+	static const uint32_t sizes[] = {60, 1000, 1514};
+	uint32_t want = ARRAY_SIZE(sizes), wait_ms = 30000;
+	cmdline_get_u32("expect_rx", &want);
+	cmdline_get_u32("rx_wait_ms", &wait_ms);
+	uint32_t got = 0, bad = 0, other = 0, seen_mask = 0;
+	bool hdr_ok = true;
+	char why[96] = "";
+	uint64_t dl = deadline_ms(wait_ms);
+	while (got < want && !deadline_passed(dl)) {
+		uint32_t id, len;
+		if (!pop_used(&rxq, &id, &len)) {
+			delay_us(100);
+			continue;
+		}
+		if (id >= NRX) {
+			bad++;
+			snprintf(why, sizeof(why), "used id %u", id);
+			continue;
+		}
+		const uint8_t *b = g_rxbuf[id];
+		const uint8_t *f = b + HDR;
+		uint32_t flen = len >= HDR ? len - HDR : 0;
+		if (flen < 20 || f[12] != (ETHERTYPE >> 8) || f[13] != (ETHERTYPE & 0xFF) || memcmp(f + 14, "FLNT", 4) ||
+		    f[19] != 'H') {
+			other++;
+			post_rx((uint16_t)id);
+			kick(&rxq);
+			continue;
+		}
+		uint16_t num_buffers = (uint16_t)(b[10] | b[11] << 8);
+		if (num_buffers != 1)
+			hdr_ok = false;
+		uint8_t seq = f[18];
+		bool ok = seq < ARRAY_SIZE(sizes) && flen == sizes[seq] && memcmp(f, v.mac, 6) == 0;
+		for (uint32_t i = 20; ok && i < flen; i++)
+			if (f[i] != (uint8_t)(seq * 17 + i)) {
+				ok = false;
+				snprintf(why, sizeof(why), "frame %u byte %u is 0x%x", seq, i, f[i]);
+			}
+		if (ok && !(seen_mask & (1u << seq))) {
+			seen_mask |= 1u << seq;
+			got++;
+		} else if (!ok) {
+			bad++;
+			if (!why[0])
+				snprintf(why, sizeof(why), "frame seq %u length %u", seq, flen);
+		}
+		post_rx((uint16_t)id);
+		kick(&rxq);
+	}
+	probe_info("vnet_rx", "%u host frames, %u bad, %u other", got, bad, other);
+	check("vnet_rx_frames", got == want && bad == 0, "%u of %u host frames, %u bad (%s)", got, want, bad, why);
+	check("vnet_rx_num_buffers", hdr_ok, "num_buffers != 1 in a received header");
+}
+
+void probe_main(void)
+{
+	if (!find_device() || !map_device() || !walk_caps())
+		return;
+	c_write8(C_STATUS, 0);
+	v.offered = device_features();
+	probe_info("vnet_features", "0x%llx", v.offered);
+	bool offered = has(v.offered, F_VERSION_1) && has(v.offered, F_NET_MAC) && has(v.offered, F_NET_STATUS);
+	uint64_t wanted = (1ull << F_VERSION_1) | (1ull << F_NET_MAC) | (1ull << F_NET_STATUS);
+	if (cmdline_is("ack_offloads", "1")) {
+		uint64_t offloads = (1ull << F_NET_CSUM) | (1ull << F_NET_GUEST_CSUM) | (1ull << F_NET_GUEST_TSO4) |
+				    (1ull << F_NET_GUEST_TSO6) | (1ull << F_NET_HOST_TSO4) | (1ull << F_NET_HOST_TSO6);
+		offered = offered && (v.offered & offloads) == offloads;
+		wanted |= offloads;
+	}
+	uint8_t s = negotiate(wanted);
+	check("vnet_features_ok", offered && s == (S_ACK | S_DRIVER | S_FEATURES_OK), "offered 0x%llx, status 0x%x",
+	      v.offered, s);
+	if (!(s & S_FEATURES_OK))
+		return;
+
+	for (int i = 0; i < 6; i++)
+		v.mac[i] = mmio_read8(v.device + i);
+	uint16_t status = mmio_read16(v.device + 6);
+	probe_info("vnet_mac", "%02x:%02x:%02x:%02x:%02x:%02x", v.mac[0], v.mac[1], v.mac[2], v.mac[3], v.mac[4],
+		   v.mac[5]);
+	char text[32];
+	uint8_t want[6];
+	if (cmdline_get("expect_mac", text, sizeof(text)))
+		check("vnet_mac", parse_mac(text, want) && memcmp(want, v.mac, 6) == 0, "MAC differs from %s", text);
+	check("vnet_link_up", status & 1, "status 0x%x", status);
+
+	c_write16(C_MSIX, 0xFFFF);
+	setup_queue(0, &rxq);
+	setup_queue(1, &txq);
+	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	s = c_read8(C_STATUS);
+	check("vnet_driver_ok", s == 0xF, "status 0x%x", s);
+	if (s != 0xF)
+		return;
+	for (uint16_t i = 0; i < NRX; i++)
+		post_rx(i);
+	kick(&rxq);
+
+	check_tx();
+	check_rx();
+	c_write8(C_STATUS, 0);
+}

@@ -1,0 +1,377 @@
+//! Boots the virtio-net probe guest under flint with `--net tap=NAME`: the guest sends frames the test
+//! reads from the TAP and receives frames the test writes into it (docs/virtio.md).
+//!
+//! Every test that touches the network creates its own network namespace (`ip netns add
+//! flint-test-<pid>-<n>`), creates the TAP inside it and runs flint there (`ip netns exec`), so no
+//! frame ever leaves that namespace; a guard deletes the namespace, also when the test fails.
+//! The host side is a small Python helper in the namespace with an AF_PACKET socket bound to the
+//! TAP (ethertype 0x88B5 only). Needs root, /dev/net/tun, `ip` and python3: outside CI a missing one
+//! skips the test; with CI=true it fails it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{in_ci, kvm_available, probe, run_flint, wait_with_timeout};
+
+/// Starts `cmd` (flint under `ip netns exec`) with stdin closed and stdout/stderr piped, as
+/// `common::spawn_flint` does.
+fn spawn_flint_with(cmd: &mut Command) -> std::process::Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start flint")
+}
+
+/// The host side: prints READY once bound, then `RX <len> <hex>` per guest frame (direction 'G'),
+/// and after `want` of them writes three frames (60, 1000, 1514 bytes) towards the guest.
+const HELPER: &str = r#"
+import select, socket, sys, time
+tap, guest_mac, want = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), int(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+s.bind((tap, 0))
+print("READY", flush=True)
+got = set()
+deadline = time.time() + 100
+while len(got) < want and time.time() < deadline:
+    r, _, _ = select.select([s], [], [], 0.5)
+    if not r:
+        continue
+    f, addr = s.recvfrom(65536)
+    if addr[2] == socket.PACKET_OUTGOING or len(f) < 20 or f[14:18] != b"FLNT" or f[19:20] != b"G":
+        continue
+    print("RX", len(f), f.hex(), flush=True)
+    got.add(f[18])
+for seq, size in enumerate([60, 1000, 1514]):
+    f = guest_mac + bytes([2, 0, 0, 0, 0, 0xFE]) + b"\x88\xb5FLNT" + bytes([seq]) + b"H"
+    f += bytes((seq * 17 + i) & 0xFF for i in range(20, size))
+    s.send(f)
+    print("TX", seq, flush=True)
+print("DONE", flush=True)
+"#;
+
+fn tool_works(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether network namespaces and TAPs can be used here (root, /dev/net/tun, ip, python3). Outside
+/// CI a missing piece skips the test; in CI it fails it.
+fn net_available() -> bool {
+    let mut missing = Vec::new();
+    // Root: the effective uid in /proc/self/status.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        missing.push("root (CAP_NET_ADMIN)");
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun");
+    }
+    if !tool_works("ip", &["-V"]) {
+        missing.push("the ip command");
+    }
+    if !tool_works("python3", &["-c", "import socket; socket.AF_PACKET"]) {
+        missing.push("python3 with AF_PACKET");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(!in_ci(), "CI=true but missing: {}", missing.join(", "));
+    eprintln!(
+        "SKIPPED: missing {} (set CI=true to make this a failure)",
+        missing.join(", ")
+    );
+    false
+}
+
+/// A network namespace of this test, deleted on drop.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "flint-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = NetNs { name };
+        let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
+        ns.ip(&["netns", "add", &ns.name]);
+        ns
+    }
+
+    /// `ip ARGS` on the host (used for `netns add`).
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A command line that runs `cmd` inside the namespace.
+    fn exec(&self, cmd: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, cmd]);
+        c
+    }
+
+    /// `ip ARGS` inside the namespace; must succeed.
+    fn ip_in(&self, args: &[&str]) {
+        let out = self.exec("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether interface `dev` exists in the namespace.
+    fn has_link(&self, dev: &str) -> bool {
+        self.exec("ip")
+            .args(["link", "show", dev])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn guest_frame(seq: u8, size: usize, mac: &[u8; 6]) -> Vec<u8> {
+    let mut f = vec![0xFF; 6];
+    f.extend_from_slice(mac);
+    f.extend_from_slice(&[0x88, 0xB5]);
+    f.extend_from_slice(b"FLNT");
+    f.extend_from_slice(&[seq, b'G']);
+    f.extend((20..size).map(|i| (seq as usize * 31 + i) as u8));
+    f
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn virtio_net_probe_exchanges_frames_with_the_tap() {
+    exchange_frames(false);
+}
+
+/// The same with CSUM/GUEST_CSUM/TSO acknowledged: the TAP's offloads are on, plain frames still
+/// go both ways unchanged.
+#[test]
+fn virtio_net_probe_exchanges_frames_with_offloads_on() {
+    exchange_frames(true);
+}
+
+fn exchange_frames(ack_offloads: bool) {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let ns = NetNs::new();
+    let tap = "flnet0";
+    let mac = [0x02, 0x12, 0x34, 0x56, 0x78, 0x9a];
+    let mac_text = "02:12:34:56:78:9a";
+    // A persistent TAP in the namespace, up, before flint attaches to it, so the helper can bind.
+    ns.ip_in(&["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]);
+    ns.ip_in(&["link", "set", tap, "up"]);
+    let mut helper = ns
+        .exec("python3")
+        .args(["-c", HELPER, tap, mac_text, "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the helper");
+    let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "READY", "the helper did not start");
+    let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    let kernel = probe("virtio_net");
+    let net = format!("tap={tap},mac={mac_text}");
+    let cmdline = format!(
+        "expect_mac={mac_text} ack_offloads={} exit=poweroff",
+        u8::from(ack_offloads)
+    );
+    let started = Instant::now();
+    let child = spawn_flint_with(ns.exec(common::flint_bin()).args([
+        "--log-level",
+        "info",
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--cpus",
+        "1",
+        "--memory",
+        "256M",
+        "--net",
+        &net,
+    ]));
+    let run = wait_with_timeout(child, Duration::from_secs(120), started);
+    let report = run.probe();
+    report.assert_all_passed(&run);
+    assert!(
+        run.status.success(),
+        "flint: {:?}\n{}",
+        run.status,
+        run.stderr
+    );
+    for check in [
+        "vnet_found",
+        "vnet_ids",
+        "vnet_caps",
+        "vnet_features_ok",
+        "vnet_mac",
+        "vnet_link_up",
+        "vnet_driver_ok",
+        "vnet_tx0",
+        "vnet_tx1",
+        "vnet_tx2",
+        "vnet_tx_bad_chain",
+        "vnet_tx_after_bad_chain",
+        "vnet_rx_frames",
+        "vnet_rx_num_buffers",
+    ] {
+        assert!(report.passed(check), "{check} did not pass");
+    }
+    assert!(
+        run.stderr.contains(&format!("MAC {mac_text}")),
+        "{}",
+        run.stderr
+    );
+
+    let _ = helper.wait();
+    let out = reader.join().unwrap();
+    let frames: Vec<Vec<u8>> = out
+        .iter()
+        .filter_map(|l| l.strip_prefix("RX "))
+        .map(|l| unhex(l.split_whitespace().nth(1).unwrap_or("")))
+        .collect();
+    // Exactly the four good frames, in order: the malformed chain sent nothing.
+    let want: Vec<Vec<u8>> = [(0u8, 60usize), (1, 590), (2, 1514), (3, 100)]
+        .iter()
+        .map(|(seq, size)| guest_frame(*seq, *size, &mac))
+        .collect();
+    assert_eq!(frames.len(), want.len(), "helper output: {out:?}");
+    for (got, want) in frames.iter().zip(&want) {
+        assert!(got == want, "frame {} differs", want[18]);
+    }
+    assert!(out.iter().any(|l| l == "DONE"), "{out:?}");
+}
+
+/// flint creates a TAP that does not exist (inside the namespace), gives the guest the MAC derived
+/// from its name, and sets the TAP's offloads when the driver acknowledges CSUM/TSO (a refused
+/// TUNSETOFFLOAD would fail DRIVER_OK); the TAP goes away with flint.
+#[test]
+fn virtio_net_creates_a_missing_tap_with_a_stable_mac() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let ns = NetNs::new();
+    let tap = "flnew0";
+    assert!(!ns.has_link(tap));
+    let mac = flint::net::format_mac(&flint::net::default_mac(tap));
+    let kernel = probe("virtio_net");
+    let cmdline = format!("expect_mac={mac} expect_rx=0 rx_wait_ms=0 ack_offloads=1 exit=poweroff");
+    let net = format!("tap={tap}");
+    let started = Instant::now();
+    let child = spawn_flint_with(ns.exec(common::flint_bin()).args([
+        "--log-level",
+        "info",
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--cpus",
+        "1",
+        "--memory",
+        "128M",
+        "--net",
+        &net,
+    ]));
+    let run = wait_with_timeout(child, Duration::from_secs(120), started);
+    run.probe().assert_all_passed(&run);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("TAP {tap} is virtio-net device 0")),
+        "{}",
+        run.stderr
+    );
+    // flint's TAP is not persistent: gone with flint.
+    assert!(!ns.has_link(tap), "the TAP outlived flint");
+}
+
+#[test]
+fn bad_net_input_is_one_line() {
+    let kernel = probe("virtio_net");
+    let kernel = kernel.to_str().unwrap();
+    for (spec, needles) in [
+        (
+            "mac=02:00:00:00:00:01",
+            &["--net mac=02:00:00:00:00:01: missing tap=NAME"][..],
+        ),
+        (
+            "tap=t0,mac=zz",
+            &["--net tap=t0,mac=zz: mac=zz: expected six hex bytes"][..],
+        ),
+        ("tap=t0,mac=01:00:00:00:00:01", &["unicast"][..]),
+        (
+            "tap=t0,queues=4",
+            &["queues=4: only one queue pair is implemented so far"][..],
+        ),
+        (
+            "tap=t0,vhost=on",
+            &["unknown or empty setting 'vhost=on'"][..],
+        ),
+        ("tap=this-name-is-too-long", &["1 to 15 characters"][..]),
+    ] {
+        let run = run_flint(
+            &["run", "--kernel", kernel, "--memory", "64M", "--net", spec],
+            Duration::from_secs(30),
+        );
+        assert!(!run.status.success(), "{spec} succeeded");
+        let lines: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| !l.contains("WARN "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{spec}: expected one line:\n{}", run.stderr);
+        assert!(lines[0].starts_with("flint: error: "), "{}", lines[0]);
+        for needle in needles {
+            assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
+        }
+    }
+}
