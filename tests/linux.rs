@@ -15,9 +15,15 @@ use common::{in_ci, kvm_available, run_flint, scratch_path};
 
 fn guest_images() -> Option<PathBuf> {
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest-images/out");
-    let complete = ["vmlinux", "initramfs.cpio", "cmdline.txt", "rootfs.ext4"]
-        .iter()
-        .all(|f| out.join(f).exists());
+    let complete = [
+        "vmlinux",
+        "bzImage",
+        "initramfs.cpio",
+        "cmdline.txt",
+        "rootfs.ext4",
+    ]
+    .iter()
+    .all(|f| out.join(f).exists());
     if complete {
         return Some(out);
     }
@@ -36,17 +42,16 @@ fn line_value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-#[test]
-fn linux_boots_to_init_and_sees_its_cpus_memory_and_cmdline() {
+/// Boots `kernel_file` (from guest-images/out) with the initramfs and checks what /init reports.
+/// Returns the console transcript.
+fn boot_linux_with_initramfs(kernel_file: &str) -> Option<String> {
     if !kvm_available() {
-        return;
+        return None;
     }
-    let Some(out) = guest_images() else {
-        return;
-    };
+    let out = guest_images()?;
     let base_cmdline = std::fs::read_to_string(out.join("cmdline.txt")).expect("cmdline.txt");
     let cmdline = format!("{} flint.test=smoke-7f3a", base_cmdline.trim());
-    let kernel = out.join("vmlinux");
+    let kernel = out.join(kernel_file);
     let initrd = out.join("initramfs.cpio");
     let run = run_flint(
         &[
@@ -67,7 +72,7 @@ fn linux_boots_to_init_and_sees_its_cpus_memory_and_cmdline() {
         Duration::from_secs(20 * 60),
     );
     println!(
-        "Linux smoke test: launch to exit took {:.1} s",
+        "Linux smoke test ({kernel_file}): launch to exit took {:.1} s",
         run.elapsed.as_secs_f64()
     );
     let console = &run.stdout;
@@ -106,6 +111,28 @@ fn linux_boots_to_init_and_sees_its_cpus_memory_and_cmdline() {
         run.status,
         context()
     );
+    Some(console.clone())
+}
+
+#[test]
+fn linux_boots_to_init_and_sees_its_cpus_memory_and_cmdline() {
+    // vmlinux carries a PVH note: flint enters it through hvm_start_info.
+    boot_linux_with_initramfs("vmlinux");
+}
+
+#[test]
+fn linux_bzimage_boots_through_the_64_bit_boot_protocol() {
+    // A bzImage is entered in long mode with boot_params: the kernel must see flint's e820 map.
+    let Some(console) = boot_linux_with_initramfs("bzImage") else {
+        return;
+    };
+    for needle in [
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+        "BIOS-e820: [mem 0x0000000000100000-0x000000001fffffff] usable",
+        "BIOS-e820: [mem 0x00000000e0000000-0x00000000efffffff] reserved",
+    ] {
+        assert!(console.contains(needle), "missing {needle:?}\n{console}");
+    }
 }
 
 /// Runs a host tool and returns its stdout; fails the test if it cannot run or fails.
