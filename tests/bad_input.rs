@@ -3,42 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
+use common::{assert_one_line_error, kvm_available, probe, scratch_path};
 
-use common::{kvm_available, probe, run_flint, scratch_path};
-
-/// Runs flint with `args` and checks it failed with a single `flint: error:` line containing `needle`.
+/// Runs flint and checks it failed with one `flint: error:` line containing `needle`.
 fn fails_with(args: &[&str], needle: &str) {
-    let run = run_flint(args, Duration::from_secs(30));
-    assert!(!run.status.success(), "{args:?} succeeded");
-    assert!(
-        !run.stderr.contains("panicked"),
-        "{args:?} panicked: {}",
-        run.stderr
-    );
-    // Warnings (e.g. "--memory overrides the instance type's") may precede the error; the error
-    // itself is one line.
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.contains("WARN "))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: expected one line, got:\n{}",
-        run.stderr
-    );
-    assert!(
-        lines[0].starts_with("flint: error: "),
-        "{args:?}: {}",
-        lines[0]
-    );
-    assert!(
-        lines[0].contains(needle),
-        "{args:?}: {:?} lacks {needle:?}",
-        lines[0]
-    );
+    assert_one_line_error(args, &[needle]);
 }
 
 #[test]

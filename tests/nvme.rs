@@ -23,9 +23,8 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use common::{boot_probe, kvm_available, probe, run_flint, scratch_path, ProbeReport};
+use common::{assert_one_line_error, boot_probe, kvm_available, probe, scratch_path, ProbeReport};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -303,32 +302,9 @@ fn nvme_probe_4k_blocks() {
     assert_disk(&disk, &expected_image(size, 0));
 }
 
-/// Runs flint and checks it failed with a single `flint: error:` line containing `needle` (warnings
-/// aside), as tests/bad_input.rs does.
+/// Runs flint and checks it failed with one `flint: error:` line containing `needle`.
 fn fails_with(args: &[&str], needle: &str) {
-    let run = run_flint(args, Duration::from_secs(30));
-    assert!(!run.status.success(), "{args:?} succeeded");
-    assert!(
-        !run.stderr.contains("panicked"),
-        "{args:?} panicked: {}",
-        run.stderr
-    );
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.contains("WARN "))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: expected one line, got:\n{}",
-        run.stderr
-    );
-    assert!(
-        lines[0].starts_with("flint: error: ") && lines[0].contains(needle),
-        "{args:?}: {:?} lacks {needle:?}",
-        lines[0]
-    );
+    assert_one_line_error(args, &[needle]);
 }
 
 /// Volumes flint cannot use: each is one clear error line naming the problem.

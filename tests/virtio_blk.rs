@@ -6,9 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use common::{boot_probe, kvm_available, probe, run_flint, scratch_path};
+use common::{assert_one_line_error, boot_probe, kvm_available, probe, scratch_path};
 
 /// The probe's data pattern: the little-endian dword at byte offset `o` of the disk.
 fn pattern(o: u64) -> u32 {
@@ -184,27 +183,9 @@ fn virtio_blk_disks_follow_the_volumes_on_the_bus() {
     assert!(report.passed("vblk_read_after_reset"));
 }
 
-/// Runs flint with `args` and checks it failed with a single `flint: error:` line containing all of
-/// `needles`.
+/// Runs flint and checks it failed with one `flint: error:` line containing all of `needles`.
 fn fails_with(args: &[&str], needles: &[&str]) {
-    let run = run_flint(args, Duration::from_secs(30));
-    assert!(!run.status.success(), "{args:?} succeeded");
-    assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.contains("WARN "))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: expected one line:\n{}",
-        run.stderr
-    );
-    assert!(lines[0].starts_with("flint: error: "), "{}", lines[0]);
-    for needle in needles {
-        assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
-    }
+    assert_one_line_error(args, needles);
 }
 
 #[test]

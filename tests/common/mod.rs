@@ -253,3 +253,40 @@ pub fn scratch_path(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir.join(name)
 }
+
+/// Runs flint with `args` and checks that it failed without panicking, with exactly one
+/// `flint: error:` line on stderr (warnings aside) containing every one of `needles`.
+pub fn assert_one_line_error(args: &[&str], needles: &[&str]) {
+    let run = run_flint(args, Duration::from_secs(30));
+    assert!(!run.status.success(), "{args:?} succeeded");
+    assert!(
+        !run.stderr.contains("panicked"),
+        "{args:?} panicked: {}",
+        run.stderr
+    );
+    // Warnings (e.g. "--memory overrides the instance type's") may precede the error; the error
+    // itself is one line.
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("WARN "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got:\n{}",
+        run.stderr
+    );
+    assert!(
+        lines[0].starts_with("flint: error: "),
+        "{args:?}: {}",
+        lines[0]
+    );
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: {:?} lacks {needle:?}",
+            lines[0]
+        );
+    }
+}
