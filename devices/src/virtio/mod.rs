@@ -83,6 +83,40 @@ pub const ISR_QUEUE: u8 = 1;
 /// ISR status bit: the device configuration changed.
 pub const ISR_CONFIG: u8 = 2;
 
+/// Copies the bytes of a device's configuration space `config` at `offset` into `data`, leaving the
+/// bytes that fall outside it alone (the caller zero-fills): the guest may read at any offset and width.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    let Some(tail) = config.get(start..) else {
+        return;
+    };
+    for (dst, src) in data.iter_mut().zip(tail) {
+        *dst = *src;
+    }
+}
+
+#[cfg(test)]
+mod config_bytes_tests {
+    use super::read_config_bytes;
+
+    #[test]
+    fn reads_inside_partly_inside_and_outside() {
+        let config = [1u8, 2, 3, 4];
+        let mut d = [0u8; 2];
+        read_config_bytes(&config, 1, &mut d);
+        assert_eq!(d, [2, 3]);
+        let mut d = [0u8; 4];
+        read_config_bytes(&config, 3, &mut d);
+        assert_eq!(d, [4, 0, 0, 0]);
+        let mut d = [0u8; 1];
+        read_config_bytes(&config, 4, &mut d);
+        read_config_bytes(&config, u64::MAX, &mut d);
+        assert_eq!(d, [0]);
+    }
+}
+
 /// Whether feature bit `bit` is set in `features`.
 pub fn has_feature(features: u64, bit: u32) -> bool {
     bit < 64 && features & (1 << bit) != 0

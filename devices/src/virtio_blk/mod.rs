@@ -273,15 +273,7 @@ impl VirtioDevice for VirtioBlk {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            if let Some(v) = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config.get(o))
-            {
-                *byte = *v;
-            }
-        }
+        crate::virtio::read_config_bytes(&self.config, offset, data);
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
