@@ -24,33 +24,11 @@
  * no partial checksums either way), exit=... (see the boot probe).
  */
 #include "probe.h"
+#include "pci_cfg.h"
 
 const char probe_name[] = "virtio_net";
 
-#define CFG_ADDR 0xCF8
-#define CFG_DATA 0xCFC
 
-static uint32_t cf8(uint8_t dev, uint16_t reg) { return 0x80000000u | (uint32_t)dev << 11 | (reg & 0xFC); }
-static uint32_t cfg_read32(uint8_t dev, uint16_t reg)
-{
-	outl(CFG_ADDR, cf8(dev, reg));
-	return inl(CFG_DATA);
-}
-static uint16_t cfg_read16(uint8_t dev, uint16_t reg)
-{
-	outl(CFG_ADDR, cf8(dev, reg));
-	return inw(CFG_DATA + (reg & 2));
-}
-static uint8_t cfg_read8(uint8_t dev, uint16_t reg)
-{
-	outl(CFG_ADDR, cf8(dev, reg));
-	return inb(CFG_DATA + (reg & 3));
-}
-static void cfg_write16(uint8_t dev, uint16_t reg, uint16_t v)
-{
-	outl(CFG_ADDR, cf8(dev, reg));
-	outw(CFG_DATA + (reg & 2), v);
-}
 
 #define CAP_COMMON 1
 #define CAP_NOTIFY 2
