@@ -10,12 +10,15 @@
 //!   writing zeroes where the filesystem refuses.
 //!
 //! Device models use the [`BlockIo`] trait rather than the concrete type, so tests can put a failing
-//! backend behind a controller.
+//! backend behind a controller. They report a failing file through a [`FailureLog`], so that a guest
+//! repeating a failing request (every write to a full host disk fails) cannot flood the host's log.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FallocateFlags, FlockOperation};
 
@@ -63,6 +66,56 @@ pub enum BlockError {
         /// What the host said.
         source: io::Error,
     },
+}
+
+/// Warnings about one disk's failing file: the first failure is logged, then at most one line per
+/// interval (10 s), which says how many failures it left out in between.
+#[derive(Debug)]
+pub struct FailureLog {
+    interval: Duration,
+    state: Mutex<FailureLogState>,
+}
+
+#[derive(Debug, Default)]
+struct FailureLogState {
+    last_logged: Option<Instant>,
+    left_out: u64,
+}
+
+impl Default for FailureLog {
+    fn default() -> Self {
+        Self::with_interval(Duration::from_secs(10))
+    }
+}
+
+impl FailureLog {
+    /// A log that writes at most one warning per `interval`.
+    pub fn with_interval(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Logs `message()` as a warning, or only counts it if the last warning is younger than the
+    /// interval. Returns whether it logged.
+    pub fn warn(&self, message: impl FnOnce() -> String) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if state
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < self.interval)
+        {
+            state.left_out += 1;
+            return false;
+        }
+        state.last_logged = Some(now);
+        match std::mem::take(&mut state.left_out) {
+            0 => log::warn!("{}", message()),
+            n => log::warn!("{} ({n} more failures since the last warning)", message()),
+        }
+        true
+    }
 }
 
 /// Largest chunk written at once when zeroes have to be written out by hand.
@@ -209,6 +262,18 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(len).unwrap();
         f
+    }
+
+    #[test]
+    fn failure_log_leaves_out_repeats_within_the_interval() {
+        let log = FailureLog::default();
+        assert!(log.warn(|| "first".into()));
+        assert!(!log.warn(|| unreachable!("not formatted when left out")));
+        assert!(!log.warn(|| unreachable!()));
+        assert_eq!(log.state.lock().unwrap().left_out, 2);
+        let log = FailureLog::with_interval(Duration::ZERO);
+        assert!(log.warn(|| "first".into()));
+        assert!(log.warn(|| "second".into()));
     }
 
     #[test]

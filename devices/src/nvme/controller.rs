@@ -22,7 +22,7 @@ use super::registers::{
 use super::status::Status;
 use super::throttle::{Drained, Throttle};
 use super::{NvmeConfig, NvmeError, NvmeInterrupts, MAX_MDTS, MAX_QUEUE_ENTRIES, MAX_QUEUE_PAIRS};
-use crate::block::{BlockBackend, BlockIo};
+use crate::block::{BlockBackend, BlockIo, FailureLog};
 
 /// Asynchronous event type: error status.
 pub(super) const EVENT_ERROR: u8 = 0;
@@ -175,6 +175,8 @@ pub struct NvmeController {
     pub(super) queues_created: bool,
     pub(super) segments: Vec<Segment>,
     pub(super) bounce: Vec<u8>,
+    /// Rate-limited warnings about the disk file failing.
+    pub(super) failures: FailureLog,
     /// The volume's rate limits and the submission queues waiting for them (`throttle.rs`).
     pub(super) throttle: Throttle,
 }
@@ -272,6 +274,7 @@ impl NvmeController {
             queues_created: false,
             segments: Vec::new(),
             bounce: Vec::new(),
+            failures: FailureLog::default(),
             throttle: Throttle::default(),
         })
     }

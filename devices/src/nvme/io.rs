@@ -4,8 +4,9 @@
 //! Every failure is a status and the controller keeps serving: an LBA range past the namespace is
 //! LBA Out of Range, a transfer over MDTS is Invalid Field, a PRP problem is Data Transfer Error or
 //! PRP Offset Invalid, a write-type command on a read-only volume is Namespace is Write Protected (the
-//! file is never touched), and a failing backing file is Internal Error (plus a transient internal
-//! error asynchronous event).
+//! file is never touched), a write-type command the host file system has no room for (ENOSPC,
+//! EDQUOT) is Capacity Exceeded, and any other failure of the backing file is Internal Error (plus a
+//! transient internal error asynchronous event).
 
 use std::io;
 
@@ -78,13 +79,22 @@ impl NvmeController {
         }
     }
 
-    /// Logs a backing-file failure, queues a transient internal error event and returns Internal
-    /// Error.
+    /// Logs a backing-file failure and returns its status: Capacity Exceeded when the host file
+    /// system is full (the guest's file system then sees ENOSPC), else Internal Error with a transient
+    /// internal error event.
     fn backend_error(&mut self, what: &str, offset: u64, e: io::Error) -> Status {
-        log::warn!(
-            "nvme {}: {what} at byte {offset} of the disk file failed: {e}",
-            self.volume_id
-        );
+        self.failures.warn(|| {
+            format!(
+                "nvme {}: {what} at byte {offset} of the disk file failed: {e}",
+                self.volume_id
+            )
+        });
+        if matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ) {
+            return Status::CAPACITY_EXCEEDED;
+        }
         self.queue_event(AsyncEvent {
             event_type: EVENT_ERROR,
             info: INFO_TRANSIENT_INTERNAL_ERROR,

@@ -44,6 +44,10 @@ impl Status {
     pub const NAMESPACE_WRITE_PROTECTED: Status = generic(0x20);
     /// LBA Out of Range.
     pub const LBA_OUT_OF_RANGE: Status = generic(0x80);
+    /// Capacity Exceeded (NVM command set): the namespace's backing store is full (thin
+    /// provisioning; here: the host file system holding the disk file). Retryable: space may be freed
+    /// on the host. Linux reports it to the file system as ENOSPC rather than EIO.
+    pub const CAPACITY_EXCEEDED: Status = Status((SCT_GENERIC << 8) | 0x81);
 
     /// Completion Queue Invalid (Create I/O Submission Queue).
     pub const INVALID_CQ: Status = specific(0x00);
@@ -117,6 +121,8 @@ mod tests {
         assert_eq!(Status::INVALID_QUEUE_ID.code(), 1);
         assert!(Status::INVALID_QUEUE_ID.do_not_retry());
         assert!(!Status::INTERNAL_ERROR.do_not_retry());
+        assert!(!Status::CAPACITY_EXCEEDED.do_not_retry());
+        assert_eq!(Status::CAPACITY_EXCEEDED.raw(), 0x81);
         assert_eq!(Status::LBA_OUT_OF_RANGE.code(), 0x80);
         assert_eq!(Status::from_raw(0xffff).raw(), 0x7fff);
         assert!(!Status::LBA_OUT_OF_RANGE.is_success());

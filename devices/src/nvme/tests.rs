@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -62,19 +62,72 @@ impl NvmeInterrupts for Recorder {
     }
 }
 
-/// A backend that fails every operation with EIO while `fail` is set.
+/// A backend that fails every operation with the OS error `errno` while it is not 0.
 struct Flaky {
     inner: BlockBackend,
-    fail: Arc<AtomicBool>,
+    errno: Arc<AtomicI32>,
 }
 
 impl Flaky {
     fn check(&self) -> io::Result<()> {
-        if self.fail.load(Ordering::SeqCst) {
-            Err(io::Error::from_raw_os_error(5))
-        } else {
-            Ok(())
+        match self.errno.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            errno => Err(io::Error::from_raw_os_error(errno)),
         }
+    }
+}
+
+/// A backend that notes, at each write and flush, how many completions the guest can already see
+/// in one completion queue: the durability contract is that the data and the fdatasync come first.
+struct CompletionWitness {
+    inner: BlockBackend,
+    mem: GuestMemoryMmap,
+    /// The watched completion queue (first lap: a posted entry has phase tag 1).
+    cq: u64,
+    cq_entries: u64,
+    log: Arc<Mutex<Vec<(&'static str, usize)>>>,
+}
+
+impl CompletionWitness {
+    fn note(&self, what: &'static str) {
+        let posted = (0..self.cq_entries)
+            .filter(|i| {
+                let dw3: u32 = self
+                    .mem
+                    .read_obj(GuestAddress(self.cq + i * 16 + 12))
+                    .unwrap();
+                dw3 & (1 << 16) != 0
+            })
+            .count();
+        self.log.lock().unwrap().push((what, posted));
+    }
+}
+
+impl BlockIo for CompletionWitness {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_at(buf, offset)?;
+        self.note("write");
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()?;
+        self.note("flush");
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.write_zeroes(offset, len)
     }
 }
 
@@ -1613,10 +1666,10 @@ fn deallocate_punches_holes_and_reads_back_zeroes() {
 #[test]
 fn backing_file_errors_become_internal_errors() {
     let d = disk(1 << 20);
-    let fail = Arc::new(AtomicBool::new(false));
+    let errno = Arc::new(AtomicI32::new(0));
     let backend = Flaky {
         inner: BlockBackend::open(d.path(), false).unwrap(),
-        fail: fail.clone(),
+        errno: errno.clone(),
     };
     let mut g = Guest::with_backend(Box::new(backend), d);
     g.enable();
@@ -1624,7 +1677,7 @@ fn backing_file_errors_become_internal_errors() {
     let aer = g.submit(0, Command::new(admin_opcode::ASYNC_EVENT_REQUEST, 0));
     g.ring(0);
     g.ctrl.process_admin_queue();
-    fail.store(true, Ordering::SeqCst);
+    errno.store(5, Ordering::SeqCst); // EIO
     let status = g.io(rw(io_opcode::READ, 0, 8, DATA, 0));
     assert_eq!(status, Status::INTERNAL_ERROR);
     assert!(!status.do_not_retry(), "the host may retry");
@@ -1645,9 +1698,98 @@ fn backing_file_errors_become_internal_errors() {
         g.io(rw(io_opcode::WRITE_ZEROES, 0, 8, 0, 0)),
         Status::INTERNAL_ERROR
     );
-    fail.store(false, Ordering::SeqCst);
+    errno.store(0, Ordering::SeqCst);
     assert_eq!(g.io(rw(io_opcode::READ, 0, 8, DATA, 0)), Status::SUCCESS);
     assert_eq!(g.io(rw(io_opcode::WRITE, 0, 8, DATA, 0)), Status::SUCCESS);
+}
+
+/// A full host file system (ENOSPC, or a quota: EDQUOT) is Capacity Exceeded, retryable, with no
+/// internal-error event; the controller keeps serving and the data written before is intact.
+#[test]
+fn a_full_host_file_system_is_capacity_exceeded() {
+    let d = disk(1 << 20);
+    let errno = Arc::new(AtomicI32::new(0));
+    let backend = Flaky {
+        inner: BlockBackend::open(d.path(), false).unwrap(),
+        errno: errno.clone(),
+    };
+    let mut g = Guest::with_backend(Box::new(backend), d);
+    g.enable();
+    g.create_pair(1, 16, 16);
+    let data = pattern(4096, 3);
+    g.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    assert_eq!(g.io(rw(io_opcode::WRITE, 0, 8, DATA, 0)), Status::SUCCESS);
+    let aer = g.submit(0, Command::new(admin_opcode::ASYNC_EVENT_REQUEST, 0));
+    g.ring(0);
+    g.ctrl.process_admin_queue();
+    for errno_full in [28, 122] {
+        errno.store(errno_full, Ordering::SeqCst); // ENOSPC, EDQUOT
+        let status = g.io(rw(io_opcode::WRITE, 8, 8, DATA, 0));
+        assert_eq!(status, Status::CAPACITY_EXCEEDED, "errno {errno_full}");
+        assert!(!status.do_not_retry(), "space may be freed on the host");
+        assert_eq!(
+            g.io(rw(io_opcode::WRITE_ZEROES, 8, 8, 0, 0)),
+            Status::CAPACITY_EXCEEDED
+        );
+    }
+    assert!(g.reap(0).is_empty(), "no event: {aer} is still held");
+    errno.store(0, Ordering::SeqCst);
+    g.mem
+        .write_slice(&[0u8; 4096], GuestAddress(DATA2))
+        .unwrap();
+    assert_eq!(g.io(rw(io_opcode::READ, 0, 8, DATA2, 0)), Status::SUCCESS);
+    assert_eq!(g.guest_bytes(DATA2, 4096), data);
+}
+
+/// Writes reach the file and Flush's fdatasync returns before the guest can see the completions:
+/// two writes and a Flush submitted with one doorbell; at each backend call the completion queue
+/// holds only the completions of the commands before it.
+#[test]
+fn completions_are_posted_after_the_data_and_the_flush() {
+    let d = disk(1 << 20);
+    let m = mem();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let qid = 1u16;
+    let backend = CompletionWitness {
+        inner: BlockBackend::open(d.path(), false).unwrap(),
+        mem: m.clone(),
+        cq: CQ_AREA + u64::from(qid) * 0x4000,
+        cq_entries: 16,
+        log: log.clone(),
+    };
+    let config = NvmeConfig::new(d.path());
+    let rec = Recorder::default();
+    let ctrl =
+        NvmeController::with_backend(&config, Box::new(backend), m.clone(), Box::new(rec.clone()))
+            .unwrap();
+    let mut g = Guest {
+        ctrl,
+        mem: m,
+        rec,
+        disk: d,
+        queues: BTreeMap::new(),
+        next_cid: 1,
+    };
+    g.enable();
+    g.create_pair(qid, 16, 16);
+    let data = pattern(8192, 9);
+    g.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    g.submit(qid, rw(io_opcode::WRITE, 0, 8, DATA, 0));
+    g.submit(qid, rw(io_opcode::WRITE, 8, 8, DATA + 4096, 0));
+    let mut flush = Command::new(io_opcode::FLUSH, 0);
+    flush.nsid = 1;
+    g.submit(qid, flush);
+    g.ring(qid);
+    g.ctrl.process_submission_queue(qid);
+    let done = g.reap(qid);
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|c| c.status == Status::SUCCESS));
+    assert_eq!(
+        *log.lock().unwrap(),
+        [("write", 0), ("write", 1), ("flush", 2)],
+        "(backend call, completions already visible to the guest)"
+    );
+    assert_eq!(g.file_bytes(0, 8192), data);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::block::{BlockBackend, BlockError, BlockIo};
+use crate::block::{BlockBackend, BlockError, BlockIo, FailureLog};
 use crate::virtio::{
     has_feature, ActivateContext, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
     VIRTIO_ID_BLOCK,
@@ -185,6 +185,7 @@ impl VirtioBlk {
                 sectors,
                 read_only,
                 id: id_bytes,
+                failures: FailureLog::default(),
             }),
             queues: config.queues,
             features,

@@ -25,7 +25,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::block::BlockIo;
+use crate::block::{BlockIo, FailureLog};
 use crate::virtio::{collect_chain, Chain, Segment};
 
 /// virtio-blk addresses the disk in 512-byte sectors whatever its block size.
@@ -59,6 +59,8 @@ pub struct Disk {
     pub read_only: bool,
     /// What GET_ID returns (NUL-padded).
     pub id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    /// Rate-limited warnings about the disk file failing.
+    pub failures: FailureLog,
 }
 
 /// Per-worker buffers reused from request to request.
@@ -203,8 +205,9 @@ fn byte_range(disk: &Disk, sector: u64, bytes: u64) -> Result<u64, Status> {
     }
 }
 
-fn backend_error(what: &str, offset: u64, e: io::Error) -> Status {
-    log::warn!("virtio-blk: {what} at byte {offset} of the disk file failed: {e}");
+fn backend_error(disk: &Disk, what: &str, offset: u64, e: io::Error) -> Status {
+    disk.failures
+        .warn(|| format!("virtio-blk: {what} at byte {offset} of the disk file failed: {e}"));
     IOERR
 }
 
@@ -234,7 +237,7 @@ fn execute(
                 let at = offset + done;
                 disk.backend
                     .read_at(&mut bounce[..n], at)
-                    .map_err(|e| backend_error("read", at, e))?;
+                    .map_err(|e| backend_error(disk, "read", at, e))?;
                 if !copy_to_guest(mem, &c.writable, done, &bounce[..n]) {
                     return Err(IOERR);
                 }
@@ -258,20 +261,20 @@ fn execute(
                 let at = offset + done;
                 disk.backend
                     .write_at(&bounce[..n], at)
-                    .map_err(|e| backend_error("write", at, e))?;
+                    .map_err(|e| backend_error(disk, "write", at, e))?;
                 done += n as u64;
             }
             if !writeback && readable_data > 0 {
                 disk.backend
                     .flush()
-                    .map_err(|e| backend_error("flush", offset, e))?;
+                    .map_err(|e| backend_error(disk, "flush", offset, e))?;
             }
             Ok(0)
         }
         VIRTIO_BLK_T_FLUSH => {
             disk.backend
                 .flush()
-                .map_err(|e| backend_error("flush", 0, e))?;
+                .map_err(|e| backend_error(disk, "flush", 0, e))?;
             Ok(0)
         }
         VIRTIO_BLK_T_GET_ID => {
@@ -322,12 +325,12 @@ fn execute(
                 } else {
                     disk.backend.discard(offset, len)
                 };
-                result.map_err(|e| backend_error("discard", offset, e))?;
+                result.map_err(|e| backend_error(disk, "discard", offset, e))?;
             }
             if zeroes && !writeback {
                 disk.backend
                     .flush()
-                    .map_err(|e| backend_error("flush", 0, e))?;
+                    .map_err(|e| backend_error(disk, "flush", 0, e))?;
             }
             Ok(0)
         }

@@ -127,6 +127,7 @@ impl Harness {
                 sectors: SECTORS,
                 read_only,
                 id,
+                failures: Default::default(),
             },
             mem,
             ring,
@@ -641,6 +642,74 @@ fn backend_failures_are_ioerr() {
     assert_eq!(h.submit(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]), ioerr());
     h.shared.fail.store(false, Ordering::SeqCst);
     assert_eq!(h.read_request(0, 512), ok(0, 513));
+}
+
+/// A disk that notes the request's status byte in guest RAM at each write and flush: the status the
+/// driver waits for must be written only after the data went to the file and fdatasync returned.
+struct StatusWitness {
+    mem: GuestMemoryMmap,
+    seen: Arc<Mutex<Vec<(&'static str, u8)>>>,
+}
+
+impl StatusWitness {
+    fn note(&self, what: &'static str) {
+        let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).unwrap();
+        self.seen.lock().unwrap().push((what, status));
+    }
+}
+
+impl BlockIo for StatusWitness {
+    fn size(&self) -> u64 {
+        SECTORS * SECTOR_SIZE
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        self.note("write");
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.note("flush");
+        Ok(())
+    }
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn write_zeroes(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn status_is_written_after_the_data_and_the_flush() {
+    let mut h = Harness::new(false);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    h.disk.backend = Box::new(StatusWitness {
+        mem: h.mem.clone(),
+        seen: seen.clone(),
+    });
+    assert_eq!(h.write_request(0, &[7; 1024]), ok(0, 1));
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(h.submit(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]), ok(0, 1));
+    // Write-through (no VIRTIO_BLK_F_FLUSH): the write's own fdatasync also precedes its status.
+    h.writeback = false;
+    assert_eq!(h.write_request(2, &[8; 512]), ok(0, 1));
+    // 0xaa is the untouched status byte the harness puts before each request.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            ("write", 0xaa),
+            ("flush", 0xaa),
+            ("write", 0xaa),
+            ("flush", 0xaa)
+        ]
+    );
+    assert_eq!(h.status(), 0);
 }
 
 #[test]
