@@ -63,10 +63,19 @@
  *                            over time, for rate-limit tests (see bench_seqwrite below). Keys:
  *                            bench_seconds=N (default 7), bench_xfer_kib=K (default 512, at most
  *                            MDTS), bench_qd=Q (default 8, at most 32), bench_slice_ms=M (default 250)
+ *   mode=flushloop           instead of the functional checks, on the first controller: generations
+ *                            of the records of lib/records.h over the first 128 KiB, each written
+ *                            (six commands: PRP1, PRP1+PRP2, PRP lists) and flushed, then
+ *                            PROBE-INFO flushed=<g>, until killed or flush_seconds=N (default 20)
+ *                            pass (see durability below)
+ *   mode=fulldisk            instead of the functional checks: writes on a volume whose file cannot
+ *                            grow (a full host filesystem) must fail with Capacity Exceeded and
+ *                            leave the flushed records readable (see durability below)
  *   exit=...                 see the boot probe
  */
 #include "probe.h"
 #include "pci_cfg.h"
+#include "records.h"
 
 const char probe_name[] = "nvme";
 
@@ -119,6 +128,7 @@ const char probe_name[] = "nvme";
 #define ST_PRP_OFFSET 0x013
 #define ST_WRITE_PROTECTED 0x020
 #define ST_LBA_RANGE 0x080
+#define ST_CAPACITY_EXCEEDED 0x081
 #define ST_INVALID_CQ 0x100
 #define ST_INVALID_QID 0x101
 #define ST_INVALID_QSIZE 0x102
@@ -1361,6 +1371,7 @@ static uint32_t rnd(void)
 
 static void bench(struct ctrl *c);
 static void bench_seqwrite(struct ctrl *c);
+static void durability(struct ctrl *c);
 
 /* ---------------------------------------------------------------- per controller */
 static void run_controller(struct ctrl *c)
@@ -1374,6 +1385,11 @@ static void run_controller(struct ctrl *c)
 	admin_identify(c);
 	if (!c->nsze)
 		return;
+	if (cmdline_is("mode", "flushloop") || cmdline_is("mode", "fulldisk")) {
+		if (c->idx == 0)
+			durability(c);
+		return;
+	}
 	if (cmdline_is("bench", "seqwrite")) {
 		if (c->idx == 0)
 			bench_seqwrite(c);
@@ -1786,4 +1802,213 @@ static void bench_seqwrite(struct ctrl *c)
 		b = delete_queue(c, ADM_DELETE_CQ, 3);
 		check("bench_delete_queue", !(a | b), "Delete I/O SQ/CQ 3: 0x%x 0x%x", a, b);
 	}
+}
+
+/* ---------------------------------------------------------------- durability (mode=flushloop|fulldisk) */
+/*
+ * Both modes use one polled I/O queue pair (qid 1, 64 entries) on the first controller, and the
+ * records of lib/records.h: record r at disk byte 512 * r, staged in guest RAM at DUR_BASE + 512 * r.
+ * A "generation" writes records [0, n) in commands of 1, 2, 4, 1, 8 and 16 pages (PRP1 only, PRP1 +
+ * PRP2, PRP lists), all submitted with one doorbell, waits for every completion, then Flush.
+ *
+ * mode=flushloop (128 KiB, 256 records): generation 1, 2, ... each followed by
+ *     PROBE-INFO flushed=<g>       printed only once Flush completed with success
+ * with no pause, until the VMM is killed (tests/durability.rs sends SIGKILL) or flush_seconds pass;
+ * then PROBE nvme_flushloop ok and PROBE-INFO generations=<g>. A failed write or flush is a FAIL.
+ *
+ * mode=fulldisk (on a file that cannot grow past a few MiB):
+ *   nvme_fulldisk_flushed       generation 1 of records [0, 64) written and flushed (flushed=1)
+ *   nvme_fulldisk_write_error   64 KiB writes from 1 MiB on until one fails: it must fail with
+ *                               Capacity Exceeded (0/81h) before the end of the disk
+ *                               (PROBE-INFO fulldisk_written=<bytes that succeeded first>)
+ *   nvme_fulldisk_retries       20 retries of that write fail the same way
+ *   nvme_fulldisk_flush_after   Flush still succeeds
+ *   nvme_fulldisk_read_flushed  the records read back as generation 1
+ *   nvme_fulldisk_overwrite     generation 2 over the same (already allocated) records and Flush
+ *                               succeed (flushed=2), and read back
+ * then a normal shutdown. The test checks the file holds generation 2 of records [0, 64).
+ */
+#define DUR_BASE 0x1000000u                 /* 16 MiB: the record buffer (128 KiB) */
+#define DUR_READ (DUR_BASE + 0x20000u)       /* read-back buffer (128 KiB) */
+#define DUR_LISTS (DUR_BASE + 0x40000u)      /* one PRP list page per command */
+#define DUR_END (DUR_BASE + 0x50000u)
+#define DUR_FILL_XFER 0x10000u               /* 64 KiB writes while filling the disk */
+#define DUR_RETRIES 20u                      /* retries of the write that failed */
+static const uint8_t dur_chunks[] = {1, 2, 4, 1, 8, 16}; /* pages per write command */
+
+static bool dur_queue(struct ctrl *c)
+{
+	struct sqe s;
+	sqe_init(&s, ADM_SET_FEATURES, 0);
+	s.dw[10] = 0x07;
+	s.dw[11] = 0; /* one SQ, one CQ */
+	uint16_t st = exec(c, &c->admin, &s, NULL);
+	queue_init(c, &c->q1, 1, OFF_SQ1, Q1_ENTRIES, OFF_CQ1, Q1_ENTRIES, 0);
+	uint16_t a = create_cq(c, 1, c->q1.cq, Q1_ENTRIES, true, false, 0);
+	uint16_t b = create_sq(c, 1, c->q1.sq, Q1_ENTRIES, 1);
+	return check("dur_queue", !(st | a | b), "Set Features 0x%x, Create I/O CQ 0x%x, SQ 0x%x", st, a, b);
+}
+
+/* Fills the write command for `pages` pages of guest RAM at `buf` to disk byte `off`; a PRP list,
+ * if needed, goes to list page `list`. */
+static void dur_sqe(struct ctrl *c, struct sqe *s, uint8_t opc, uint64_t off, uintptr_t buf, uint32_t pages,
+		    uint32_t list)
+{
+	uint64_t prp2 = 0;
+	if (pages == 2) {
+		prp2 = buf + PAGE;
+	} else if (pages > 2) {
+		uint64_t *l = (uint64_t *)(uintptr_t)(DUR_LISTS + list * PAGE);
+		for (uint32_t i = 1; i < pages; i++)
+			l[i - 1] = buf + i * PAGE;
+		prp2 = DUR_LISTS + list * PAGE;
+	}
+	rw_sqe(c, s, opc, off >> c->lba_shift, (pages * PAGE) >> c->lba_shift, buf, prp2);
+}
+
+/* Submits `n` commands with one doorbell and waits for all of them; returns the first failed status
+ * (ST_OK if none). */
+static uint16_t dur_batch(struct ctrl *c, struct sqe *cmds, uint32_t n)
+{
+	struct queue *q = &c->q1;
+	for (uint32_t i = 0; i < n; i++)
+		sq_put(c, q, &cmds[i], false);
+	barrier();
+	mmio_write32(q->sq_db, q->tail);
+	uint16_t first = ST_OK;
+	struct cqe e;
+	for (uint32_t i = 0; i < n; i++) {
+		if (!cq_wait(q, &e, CMD_TIMEOUT_MS))
+			return ST_TIMEOUT;
+		if (e.status != ST_OK && first == ST_OK)
+			first = e.status;
+	}
+	mmio_write32(q->cq_db, q->head);
+	return first;
+}
+
+/* Reads or writes the first `pages` pages of records between disk offset 0 and `buf`, in the chunk
+ * sizes of dur_chunks (pages is a sum of a prefix of them). */
+static uint16_t dur_records_io(struct ctrl *c, uint8_t opc, uintptr_t buf, uint32_t pages)
+{
+	struct sqe cmds[ARRAY_SIZE(dur_chunks)];
+	uint32_t n = 0, done = 0;
+	for (; n < ARRAY_SIZE(dur_chunks) && done < pages; n++) {
+		dur_sqe(c, &cmds[n], opc, (uint64_t)done * PAGE, buf + done * PAGE, dur_chunks[n], n);
+		done += dur_chunks[n];
+	}
+	return dur_batch(c, cmds, n);
+}
+
+static uint16_t dur_flush(struct ctrl *c)
+{
+	struct sqe s;
+	sqe_init(&s, IO_FLUSH, 1);
+	return exec(c, &c->q1, &s, NULL);
+}
+
+/* Stamps generation g into records [0, n) and writes and flushes them; prints flushed=<g> on success. */
+static bool dur_generation(struct ctrl *c, uint32_t n, uint32_t g, const char *name)
+{
+	char a[16];
+	for (uint32_t r = 0; r < n; r++)
+		rec_stamp((uint32_t *)(uintptr_t)(DUR_BASE + r * REC_BYTES), r, g);
+	uint16_t st = dur_records_io(c, IO_WRITE, DUR_BASE, n * REC_BYTES / PAGE);
+	if (st != ST_OK)
+		return check(name, false, "generation %u: a write failed with status %s", g, st_str(st, a, sizeof(a)));
+	st = dur_flush(c);
+	if (st != ST_OK)
+		return check(name, false, "generation %u: Flush failed with status %s", g, st_str(st, a, sizeof(a)));
+	probe_info("flushed", "%u", g);
+	return true;
+}
+
+/* Reads records [0, n) back and compares them with generation g. */
+static bool dur_read_back(struct ctrl *c, uint32_t n, uint32_t g, char *why, size_t len)
+{
+	char a[16];
+	memset((void *)DUR_READ, 0, n * REC_BYTES);
+	uint16_t st = dur_records_io(c, IO_READ, DUR_READ, n * REC_BYTES / PAGE);
+	if (st != ST_OK) {
+		snprintf(why, len, "read status %s", st_str(st, a, sizeof(a)));
+		return false;
+	}
+	for (uint32_t r = 0; r < n; r++) {
+		int32_t bad = rec_check((const volatile uint32_t *)(uintptr_t)(DUR_READ + r * REC_BYTES), r, g);
+		if (bad >= 0) {
+			snprintf(why, len, "record %u dword %d is 0x%08x, want generation %u", r, bad,
+				 ((const volatile uint32_t *)(uintptr_t)(DUR_READ + r * REC_BYTES))[bad], g);
+			return false;
+		}
+	}
+	return true;
+}
+
+static void dur_flushloop(struct ctrl *c)
+{
+	uint32_t seconds = 20, g = 0;
+	cmdline_get_u32("flush_seconds", &seconds);
+	uint64_t end = deadline_ms(seconds * 1000u);
+	while (!deadline_passed(end))
+		if (!dur_generation(c, 256, ++g, "flushloop"))
+			return;
+	probe_info("generations", "%u", g);
+	check("flushloop", g > 0, "no generation in %u s", seconds);
+}
+
+static void dur_fulldisk(struct ctrl *c)
+{
+	char a[16], why[160] = "";
+	if (!dur_generation(c, 64, 1, "fulldisk_flushed"))
+		return;
+	check("fulldisk_flushed", true, "%s", "");
+
+	/* Fill the disk from 1 MiB on until the host file system says no. */
+	struct sqe s;
+	uint64_t off = 0x100000ull, written = 0;
+	uint16_t st = ST_OK;
+	while (off + DUR_FILL_XFER <= disk_bytes(c)) {
+		dur_sqe(c, &s, IO_WRITE, off, DUR_BASE, DUR_FILL_XFER / PAGE, 0);
+		st = dur_batch(c, &s, 1);
+		if (st != ST_OK)
+			break;
+		written += DUR_FILL_XFER;
+		off += DUR_FILL_XFER;
+	}
+	probe_info("fulldisk_written", "%llu", written);
+	if (check("fulldisk_write_error", st == ST_CAPACITY_EXCEEDED,
+		  "the write at byte 0x%llx: status %s, want Capacity Exceeded (0/81h) before the end of the disk",
+		  off, st_str(st, a, sizeof(a)))) {
+		/* A driver may retry as often as it likes: every retry fails the same way. */
+		uint32_t same = 0;
+		for (uint32_t i = 0; i < DUR_RETRIES; i++) {
+			dur_sqe(c, &s, IO_WRITE, off, DUR_BASE, DUR_FILL_XFER / PAGE, 0);
+			same += dur_batch(c, &s, 1) == ST_CAPACITY_EXCEEDED;
+		}
+		check("fulldisk_retries", same == DUR_RETRIES, "%u of %u retries failed with Capacity Exceeded", same,
+		      DUR_RETRIES);
+	}
+
+	st = dur_flush(c);
+	check("fulldisk_flush_after", st == ST_OK, "Flush after the failed write: status %s", st_str(st, a, sizeof(a)));
+	check("fulldisk_read_flushed", dur_read_back(c, 64, 1, why, sizeof(why)), "%s", why);
+	bool ok = dur_generation(c, 64, 2, "fulldisk_overwrite") && dur_read_back(c, 64, 2, why, sizeof(why));
+	if (ok || why[0])
+		check("fulldisk_overwrite", ok, "generation 2: %s", why);
+}
+
+static void durability(struct ctrl *c)
+{
+	if (!probe_check("dur_memory", memmap_is_ram(DUR_BASE, DUR_END - DUR_BASE), "0x%x+0x%x is not RAM", DUR_BASE,
+			 DUR_END - DUR_BASE))
+		return;
+	if (!dur_queue(c))
+		return;
+	for (uint32_t r = 0; r < 256; r++)
+		rec_init((uint32_t *)(uintptr_t)(DUR_BASE + r * REC_BYTES), r);
+	if (cmdline_is("mode", "flushloop"))
+		dur_flushloop(c);
+	else
+		dur_fulldisk(c);
+	shutdown_notify(c);
 }

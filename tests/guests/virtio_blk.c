@@ -25,10 +25,13 @@
  * o of the disk (o a multiple of 4) is  pattern(o) = (o/4) * 0x9E3779B1 + 0x766C626B  (mod 2^32).
  *
  * Command-line keys: expect_sectors=N, expect_id=S, expect_readonly=0|1 (default 0),
- * expect_disks=N (virtio-blk functions on bus 0), exit=... (see the boot probe).
+ * expect_disks=N (virtio-blk functions on bus 0), exit=... (see the boot probe);
+ * mode=flushloop [flush_seconds=N] and mode=fulldisk replace the data, error and reset checks with the
+ * durability modes described at durability() below.
  */
 #include "probe.h"
 #include "pci_cfg.h"
+#include "records.h"
 
 const char probe_name[] = "virtio_blk";
 
@@ -554,6 +557,135 @@ static void check_reset(void)
 	read_verify("vblk_read_after_reset", 0, 4096);
 }
 
+/* ---------------------------------------------------------------- durability (mode=flushloop|fulldisk) */
+/*
+ * The records of lib/records.h (record r at sector r), staged in guest RAM at DUR_BASE + 512 * r. A
+ * generation writes records [0, n) with requests of 1, 2, 4, 1, 8 and 16 pages (one data
+ * descriptor each), one request at a time, then FLUSH (VIRTIO_BLK_F_FLUSH is negotiated, so the
+ * device is write-back and only FLUSH makes writes durable).
+ *
+ * mode=flushloop (256 records, 128 KiB): generations 1, 2, ... each followed, once its FLUSH
+ * completed with VIRTIO_BLK_S_OK, by PROBE-INFO flushed=<g>, with no pause, until the VMM is killed
+ * or flush_seconds (default 20) pass; then PROBE vblk_flushloop ok and PROBE-INFO generations=<g>.
+ *
+ * mode=fulldisk (a file that cannot grow past a few MiB):
+ *   vblk_fulldisk_flushed       generation 1 of records [0, 64) written and flushed (flushed=1)
+ *   vblk_fulldisk_write_error   64 KiB writes from sector 2048 on until one fails: VIRTIO_BLK_S_IOERR
+ *                               before the end of the disk (PROBE-INFO fulldisk_written=<bytes>)
+ *   vblk_fulldisk_retries       20 retries of that write fail the same way
+ *   vblk_fulldisk_flush_after   FLUSH still succeeds
+ *   vblk_fulldisk_read_flushed  the records read back as generation 1
+ *   vblk_fulldisk_overwrite     generation 2 over the same records and FLUSH succeed (flushed=2) and
+ *                               read back
+ */
+#define DUR_BASE 0x1000000u            /* 16 MiB: the record buffer (128 KiB) */
+#define DUR_READ (DUR_BASE + 0x20000u)  /* read-back buffer */
+#define DUR_END (DUR_BASE + 0x40000u)
+#define DUR_FILL_XFER 0x10000u
+static const uint8_t dur_chunks[] = {1, 2, 4, 1, 8, 16}; /* pages per request */
+
+/* Reads or writes the first `pages` pages of records between sector 0 and `buf`; returns the first
+ * status that is not OK. */
+static uint8_t dur_records_io(uint32_t type, uintptr_t buf, uint32_t pages)
+{
+	uint32_t done = 0;
+	for (uint32_t n = 0; n < ARRAY_SIZE(dur_chunks) && done < pages; n++) {
+		uint8_t st = request64(type, done * 8u, buf + done * 4096u, dur_chunks[n] * 4096u, type == T_IN);
+		if (st != ST_OK)
+			return st;
+		done += dur_chunks[n];
+	}
+	return ST_OK;
+}
+
+static bool dur_generation(uint32_t n, uint32_t g, const char *name)
+{
+	for (uint32_t r = 0; r < n; r++)
+		rec_stamp((uint32_t *)(uintptr_t)(DUR_BASE + r * REC_BYTES), r, g);
+	uint8_t st = dur_records_io(T_OUT, DUR_BASE, n * REC_BYTES / 4096u);
+	if (st != ST_OK) {
+		probe_fail(name, "generation %u: a write got status %u", g, st);
+		return false;
+	}
+	st = request(T_FLUSH, 0, NULL, 0, false);
+	if (st != ST_OK) {
+		probe_fail(name, "generation %u: FLUSH got status %u", g, st);
+		return false;
+	}
+	probe_info("flushed", "%u", g);
+	return true;
+}
+
+static bool dur_read_back(uint32_t n, uint32_t g, char *why, size_t len)
+{
+	memset((void *)DUR_READ, 0, n * REC_BYTES);
+	uint8_t st = dur_records_io(T_IN, DUR_READ, n * REC_BYTES / 4096u);
+	if (st != ST_OK) {
+		snprintf(why, len, "read status %u", st);
+		return false;
+	}
+	for (uint32_t r = 0; r < n; r++) {
+		const volatile uint32_t *p = (const volatile uint32_t *)(uintptr_t)(DUR_READ + r * REC_BYTES);
+		int32_t bad = rec_check(p, r, g);
+		if (bad >= 0) {
+			snprintf(why, len, "record %u dword %d is 0x%08x, want generation %u", r, bad, p[bad], g);
+			return false;
+		}
+	}
+	return true;
+}
+
+static void durability(void)
+{
+	if (!probe_check("vblk_dur_memory", memmap_is_ram(DUR_BASE, DUR_END - DUR_BASE), "0x%x+0x%x is not RAM",
+			 DUR_BASE, DUR_END - DUR_BASE))
+		return;
+	check("vblk_flush_feature", has(v.features, F_BLK_FLUSH), "VIRTIO_BLK_F_FLUSH not negotiated (0x%llx)",
+	      v.features);
+	for (uint32_t r = 0; r < 256; r++)
+		rec_init((uint32_t *)(uintptr_t)(DUR_BASE + r * REC_BYTES), r);
+	if (cmdline_is("mode", "flushloop")) {
+		uint32_t seconds = 20, g = 0;
+		cmdline_get_u32("flush_seconds", &seconds);
+		uint64_t end = deadline_ms(seconds * 1000u);
+		while (!deadline_passed(end))
+			if (!dur_generation(256, ++g, "vblk_flushloop"))
+				return;
+		probe_info("generations", "%u", g);
+		check("vblk_flushloop", g > 0, "no generation in %u s", seconds);
+		return;
+	}
+
+	char why[160] = "";
+	if (!dur_generation(64, 1, "vblk_fulldisk_flushed"))
+		return;
+	probe_ok("vblk_fulldisk_flushed");
+	uint64_t sector = 2048, written = 0;
+	uint8_t st = ST_OK;
+	while ((sector + DUR_FILL_XFER / 512) <= v.sectors) {
+		st = request64(T_OUT, sector, DUR_BASE, DUR_FILL_XFER, false);
+		if (st != ST_OK)
+			break;
+		written += DUR_FILL_XFER;
+		sector += DUR_FILL_XFER / 512;
+	}
+	probe_info("fulldisk_written", "%llu", written);
+	check("vblk_fulldisk_write_error", st == ST_IOERR,
+	      "the write at sector %llu: status %u, want IOERR before the end of the disk", sector, st);
+	if (st == ST_IOERR) {
+		uint32_t same = 0;
+		for (uint32_t i = 0; i < 20; i++)
+			same += request64(T_OUT, sector, DUR_BASE, DUR_FILL_XFER, false) == ST_IOERR;
+		check("vblk_fulldisk_retries", same == 20, "%u of 20 retries failed with IOERR", same);
+	}
+	st = request(T_FLUSH, 0, NULL, 0, false);
+	check("vblk_fulldisk_flush_after", st == ST_OK, "FLUSH after the failed write: status %u", st);
+	check("vblk_fulldisk_read_flushed", dur_read_back(64, 1, why, sizeof(why)), "%s", why);
+	bool ok = dur_generation(64, 2, "vblk_fulldisk_overwrite") && dur_read_back(64, 2, why, sizeof(why));
+	if (ok || why[0])
+		check("vblk_fulldisk_overwrite", ok, "generation 2: %s", why);
+}
+
 void probe_main(void)
 {
 	v.readonly = cmdline_is("expect_readonly", "1");
@@ -605,6 +737,11 @@ void probe_main(void)
 	if (s != 0xF)
 		return;
 
+	if (cmdline_is("mode", "flushloop") || cmdline_is("mode", "fulldisk")) {
+		durability();
+		c_write8(C_STATUS, 0);
+		return;
+	}
 	check_data();
 	check_errors();
 	check_reset();
