@@ -137,6 +137,126 @@ pub fn run_flint(args: &[&str], timeout: Duration) -> Run {
     wait_with_timeout(spawn_flint(args), timeout, started)
 }
 
+/// A flint run whose console is read line by line while it runs, for tests that act on what the guest
+/// prints (kill flint at a given line, start a second VMM once the first is up).
+pub struct LiveFlint {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    started: Instant,
+}
+
+impl LiveFlint {
+    /// Spawns `program` with `args` (flint itself, or a wrapper such as strace that runs it).
+    pub fn spawn_program(program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = drain(child.stderr.take().expect("stderr is piped"));
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+            started: Instant::now(),
+        }
+    }
+
+    /// Spawns flint with `args`.
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_program(flint_bin(), args)
+    }
+
+    /// Waits up to `timeout` for a console line for which `wanted` is true and returns it; None if
+    /// the console closed (flint exited) or the time ran out first.
+    pub fn wait_for_line(
+        &mut self,
+        timeout: Duration,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if wanted(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Whether flint is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGKILL to flint (no chance to flush or clean up) and collects the whole run.
+    pub fn kill(mut self) -> Run {
+        let _ = self.child.kill();
+        self.finish(Duration::from_secs(30))
+    }
+
+    /// Waits for flint to exit by itself (killing it and failing if it takes longer than `timeout`)
+    /// and collects the whole run: every console line, including those printed before the kill.
+    pub fn finish(mut self, timeout: Duration) -> Run {
+        let until = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid") {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "flint did not exit within {timeout:?}\n--- stdout so far ---\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // The reader thread ends at EOF, which follows the exit.
+        self.seen.extend(self.lines.iter());
+        let mut stdout = self.seen.join("\n");
+        stdout.push('\n');
+        Run {
+            status,
+            stdout,
+            stderr: self
+                .stderr
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default(),
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+impl Drop for LiveFlint {
+    /// A failing test must not leave a VMM behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Boots probe `name` with the given extra flint arguments and guest command line, and checks that it
 /// ran to PROBE-DONE with no failure and flint exited 0. Returns the report.
 pub fn boot_probe(name: &str, flint_args: &[&str], cmdline: &str) -> ProbeReport {
