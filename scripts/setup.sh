@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# What the probe guests and guest images are built with, and QEMU for the side-by-side benchmarks.
-PACKAGES=(gcc make binutils e2fsprogs cpio qemu-system-x86 iproute2)
+# What the probe guests and guest images are built with, QEMU for the side-by-side benchmarks, and
+# strace for the durability test that watches flint's fdatasync calls.
+PACKAGES=(gcc make binutils e2fsprogs cpio qemu-system-x86 iproute2 strace)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
