@@ -179,6 +179,73 @@ fn context(run: &Run) -> String {
 
 // ---------------------------------------------------------------- SIGKILL right after a flush
 
+/// Checks a disk image after a flush loop whose last flushed generation was `last`: each of the first
+/// `count` records must be exactly generation `last` or `last + 1` of itself, and everything after
+/// them zero. Returns how many records hold each generation.
+fn check_flushed_records(
+    data: &[u8],
+    count: usize,
+    last: u32,
+) -> Result<BTreeMap<u32, u32>, String> {
+    let mut histogram = BTreeMap::new();
+    for r in 0..count {
+        let bytes = &data[r * RECORD_BYTES..(r + 1) * RECORD_BYTES];
+        let g = record_generation(bytes, r as u32)
+            .map_err(|e| format!("{e} (last flushed generation {last})"))?;
+        if !(last..=last + 1).contains(&g) {
+            return Err(format!(
+                "record {r} holds generation {g}, but generation {last} was flushed (and {} is \
+                 the newest the guest can have written)",
+                last + 1
+            ));
+        }
+        *histogram.entry(g).or_insert(0u32) += 1;
+    }
+    if data[count * RECORD_BYTES..].iter().any(|b| *b != 0) {
+        return Err("bytes past the records changed".into());
+    }
+    Ok(histogram)
+}
+
+/// The check above fails for each way a flushed record can be lost.
+#[test]
+fn flushed_record_check_finds_stale_torn_and_missing_records() {
+    let image = |gens: &[u32]| -> Vec<u8> {
+        let mut data: Vec<u8> = gens
+            .iter()
+            .enumerate()
+            .flat_map(|(r, g)| record(r as u32, *g))
+            .collect();
+        data.resize(data.len() + 4096, 0);
+        data
+    };
+    assert_eq!(
+        check_flushed_records(&image(&[4, 5, 4]), 3, 4),
+        Ok(BTreeMap::from([(4, 2), (5, 1)]))
+    );
+    // A flushed write lost: generation 3 after generation 4 was flushed.
+    let err = check_flushed_records(&image(&[4, 3, 4]), 3, 4).unwrap_err();
+    assert!(err.contains("record 1 holds generation 3"), "{err}");
+    // A record from the future: the guest never wrote generation 6 before flushing 5.
+    assert!(check_flushed_records(&image(&[4, 6, 4]), 3, 4).is_err());
+    // Torn: the head of generation 5, the tail of generation 4.
+    let mut torn = image(&[4, 4, 4]);
+    torn[RECORD_BYTES..RECORD_BYTES + 256].copy_from_slice(&record(1, 5)[..256]);
+    let err = check_flushed_records(&torn, 3, 4).unwrap_err();
+    assert!(err.contains("record 1 is no generation"), "{err}");
+    // Never written (zeroes), or another record's data.
+    let mut zero = image(&[4, 4, 4]);
+    zero[..RECORD_BYTES].fill(0);
+    assert!(check_flushed_records(&zero, 3, 4).is_err());
+    let mut swapped = image(&[4, 4, 4]);
+    swapped[..RECORD_BYTES].copy_from_slice(&record(2, 4));
+    assert!(check_flushed_records(&swapped, 3, 4).is_err());
+    // A stray write past the records.
+    let mut stray = image(&[4, 4, 4]);
+    stray[3 * RECORD_BYTES + 100] = 1;
+    assert!(check_flushed_records(&stray, 3, 4).is_err());
+}
+
 /// Kills flint with SIGKILL right after the guest saw generation `KILL_AFTER` flushed, then checks
 /// the file record by record. Let F be the last generation the guest printed as flushed (the console
 /// is read to its end after the kill, so F >= KILL_AFTER). Every record must be exactly generation F
@@ -229,26 +296,10 @@ fn killed_after_flush(device: Device) {
         context(&run)
     );
     let last = run.stdout.lines().filter_map(flushed).max().unwrap_or(0);
-    let generations = file_generations(&disk, FLUSHLOOP_RECORDS)
-        .unwrap_or_else(|e| panic!("{e} (last flushed generation {last})\n{}", context(&run)));
-    let mut histogram = BTreeMap::new();
-    for (r, g) in generations.iter().enumerate() {
-        assert!(
-            (last..=last + 1).contains(g),
-            "record {r} holds generation {g}, but generation {last} was flushed (and {} is the \
-             newest the guest can have written)",
-            last + 1
-        );
-        *histogram.entry(*g).or_insert(0u32) += 1;
-    }
-    // Nothing outside the records was written.
-    let data = std::fs::read(&disk).unwrap();
-    assert!(
-        data[FLUSHLOOP_RECORDS * RECORD_BYTES..]
-            .iter()
-            .all(|b| *b == 0),
-        "bytes past the records changed"
-    );
+    let data = std::fs::read(&disk).expect("read the disk file back");
+    assert_eq!(data.len() as u64, DISK_BYTES, "the disk file changed size");
+    let histogram = check_flushed_records(&data, FLUSHLOOP_RECORDS, last)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(&run)));
     eprintln!(
         "{device:?}: killed {:?} after the guest saw flushed={KILL_AFTER}; last flushed generation \
          {last}; records per generation in the file: {histogram:?}",
