@@ -5,7 +5,9 @@
 //! - the file is locked with a non-blocking exclusive `flock`, so two VMMs cannot open one volume
 //!   (the second gets "disk PATH is in use by another process");
 //! - reads and writes are positional (`pread`/`pwrite`), so one backend serves several queues;
-//! - flush is `fdatasync`;
+//! - flush is `fdatasync`; once one has failed, every later flush fails too: after a failed
+//!   `fdatasync` Linux may have dropped the dirty pages it could not write and marked them clean, so
+//!   a later `fdatasync` would succeed without the lost data ever reaching the disk;
 //! - discard and write-zeroes punch a hole (`fallocate(PUNCH_HOLE | KEEP_SIZE)`), falling back to
 //!   writing zeroes where the filesystem refuses.
 //!
@@ -17,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -128,6 +131,8 @@ pub struct BlockBackend {
     path: PathBuf,
     read_only: bool,
     size: u64,
+    /// An `fdatasync` failed: data the guest wrote may be lost (see the module documentation).
+    flush_failed: AtomicBool,
 }
 
 impl BlockBackend {
@@ -170,7 +175,21 @@ impl BlockBackend {
             path: path.to_path_buf(),
             read_only,
             size,
+            flush_failed: AtomicBool::new(false),
         })
+    }
+
+    /// Passes on the result of an `fdatasync`, and fails every flush after a failed one.
+    fn flush_outcome(&self, result: io::Result<()>) -> io::Result<()> {
+        if self.flush_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier fdatasync of the disk file failed: written data may have been lost",
+            ));
+        }
+        if result.is_err() {
+            self.flush_failed.store(true, Ordering::Release);
+        }
+        result
     }
 
     /// The path the backend was opened from.
@@ -241,7 +260,7 @@ impl BlockIo for BlockBackend {
             // Nothing this process wrote can be pending.
             return Ok(());
         }
-        self.file.sync_data()
+        self.flush_outcome(self.file.sync_data())
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -274,6 +293,23 @@ mod tests {
         let log = FailureLog::with_interval(Duration::ZERO);
         assert!(log.warn(|| "first".into()));
         assert!(log.warn(|| "second".into()));
+    }
+
+    #[test]
+    fn flushes_fail_for_good_after_a_failed_fdatasync() {
+        let f = temp_disk(4096);
+        let b = BlockBackend::open(f.path(), false).unwrap();
+        b.flush().unwrap();
+        let eio = b.flush_outcome(Err(io::Error::from_raw_os_error(5)));
+        assert_eq!(eio.unwrap_err().raw_os_error(), Some(5));
+        // The next fdatasync succeeds, but the data of the failed one may be gone.
+        let err = b.flush().unwrap_err();
+        assert!(err.to_string().contains("earlier fdatasync"), "{err}");
+        // Reads and writes go on.
+        b.write_at(&[1; 512], 0).unwrap();
+        let mut buf = [0u8; 512];
+        b.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [1; 512]);
     }
 
     #[test]
