@@ -19,7 +19,7 @@ ROOTFS_MIB=64
 # Bump when the way the kernel is configured or built below changes.
 KERNEL_RECIPE=2
 # Applets the init script uses (plus sh). Keep in sync with init.sh.
-APPLETS=(sh mount devmem awk reboot setsid cttyhack insmod sync)
+APPLETS=(sh mount devmem awk reboot setsid cttyhack insmod sync ip ping nc dd sha256sum timeout)
 # Fixed identity for reproducible images.
 ROOTFS_UUID=6f1c3e0a-1a5e-4c8e-9d2b-f11e7f11e700
 ROOTFS_HASH_SEED=0b7e1c52-3f0d-4b6e-8a59-f11e7f11e700
