@@ -488,8 +488,9 @@ mod tests {
     fn real_time_rate_has_no_fixed_stall() {
         // 20,000 bytes/s with a 1000-byte bucket, 1000-byte requests: each empties the bucket, which
         // refills in 50 ms. A limiter that re-checks only every 100 ms after an empty bucket would
-        // manage 1000 bytes per 100 ms = 10,000 bytes/s. This one should be at the configured rate,
-        // less scheduling latency.
+        // manage 1000 bytes per 100 ms = 10,000 bytes/s at best. This one should be at the configured
+        // rate, less scheduling latency: the lower bound leaves ~30 ms of wake-up latency per request
+        // (a loaded 2-core host) and still fails any limiter with a fixed 100 ms stall.
         let config = RateLimiterConfig {
             bytes: Some(BucketConfig::fixed(20_000.0, 1000)),
             ops: None,
@@ -511,6 +512,6 @@ mod tests {
         }
         let rate = bytes as f64 / start.elapsed().as_secs_f64();
         assert!(rate <= 20_000.0 * 1.01 + 2500.0, "rate {rate}");
-        assert!(rate >= 20_000.0 * 0.75, "rate {rate}");
+        assert!(rate >= 12_000.0, "rate {rate}");
     }
 }
