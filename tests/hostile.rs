@@ -55,6 +55,11 @@ const CASES: &[&str] = &[
     "pci_decode_off_and_remap_storm",
     "pci_msix_garbage",
     "pci_config_space_garbage",
+    "smp_second_cpu_started",
+    "smp_nvme_doorbells_during_resets",
+    "smp_virtio_notify_during_resets",
+    "smp_bar_moves_during_access",
+    "smp_msix_flips_during_interrupts",
     "platform_port_sweep",
     "platform_port_sweep_then_io",
     "platform_mmio_sweep",
@@ -142,8 +147,9 @@ fn hostile_guest_cannot_hurt_the_vmm() {
         "run",
         "--kernel",
         kernel.to_str().expect("utf-8 path"),
+        // Two vCPUs: the second one attacks while the first uses the devices.
         "--cpus",
-        "1",
+        "2",
         "--memory",
         "256M",
         "--volume",
@@ -265,6 +271,8 @@ fn hostile_guest_cannot_hurt_the_vmm() {
         "nvme_enable_storm",
         "pci_remap_storm",
         "virtio_indirect_65536_ms",
+        "smp_bar_flip_reads",
+        "smp_nvme_bring_ups_under_attack",
     ] {
         eprintln!("hostile: {key}: {}", report.info(key).unwrap_or("-"));
     }

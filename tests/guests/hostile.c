@@ -12,6 +12,9 @@
  *                     of two, notifications before DRIVER_OK, rings outside RAM, reset during I/O.
  *   hostile_pci.c     PCI: BARs moved into RAM, over other BARs and over the APICs/ECAM, 64-bit BARs
  *                     past the address width, memory decode off, MSI-X table garbage.
+ *   hostile_smp.c     a second vCPU attacking while the first uses a device: doorbells against
+ *                     controller resets, notifications against virtio resets, BAR moves against BAR
+ *                     accesses, MSI-X flips against interrupts (skipped with one vCPU).
  *   this file         the platform: a write and a read of every port flint might own (a few that would
  *                     end the VM or reprogram its console are skipped), a sweep of the unclaimed MMIO
  *                     below 4 GiB, a serial flood written without waiting for the UART; and the set-up.
@@ -324,6 +327,7 @@ void probe_main(void)
 	nvme_attacks();
 	virtio_attacks();
 	pci_attacks();
+	smp_attacks();
 	if (!cmdline_is("skip", "platform")) {
 		port_sweep();
 		mmio_sweep();

@@ -52,6 +52,10 @@ bool nvme_init(uint8_t dev);
 bool nvme_good_io(uint32_t seed, char *why, size_t n);
 void nvme_attacks(void);
 uintptr_t nvme_bar(void);
+/* Controller reset and the whole bring-up again (admin queues, I/O queue pair 1). */
+bool nvme_reinit(char *why, size_t n);
+/* CC.EN 1 -> 0 -> 1, `toggles` times, without waiting for CSTS. */
+void nvme_enable_storm(uint32_t toggles);
 /* Identify Controller on the admin queue; returns the status. */
 uint16_t nvme_identify(void);
 uint8_t nvme_dev(void);
@@ -62,10 +66,17 @@ bool virtio_init(uint8_t dev);
 bool virtio_good_io(uint32_t seed, char *why, size_t n);
 void virtio_attacks(void);
 uintptr_t virtio_bar(void);
+/* Where queue 0's notifications go. */
+uintptr_t virtio_notify_addr(void);
+/* Initialisation, one good read, reset. */
+bool virtio_reset_cycle(char *why, size_t n);
 uint8_t virtio_dev(void);
 
 /* PCI (hostile_pci.c) */
 void pci_attacks(void);
+
+/* A second vCPU attacking while the first uses the devices (hostile_smp.c). */
+void smp_attacks(void);
 
 /* Pattern helpers: dword i of a buffer filled with seed s. */
 static inline uint32_t hpattern(uint32_t i, uint32_t s) { return i * 0x9E3779B1u + 0x686F7374u + s * 0x01000193u; }

@@ -285,6 +285,16 @@ static bool bring_up(char *why, size_t len)
 	return true;
 }
 
+bool nvme_reinit(char *why, size_t len) { return bring_up(why, len); }
+
+void nvme_enable_storm(uint32_t toggles)
+{
+	for (uint32_t i = 0; i < toggles; i++) {
+		mmio_write32(n.bar + REG_CC, 0);
+		mmio_write32(n.bar + REG_CC, CC_ENABLE);
+	}
+}
+
 bool nvme_init(uint8_t dev)
 {
 	n.dev = dev;

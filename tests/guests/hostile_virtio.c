@@ -265,6 +265,20 @@ bool virtio_good_io(uint32_t seed, char *why, size_t n)
 	return true;
 }
 
+uintptr_t virtio_notify_addr(void) { return v.notify + v.notify_off * v.notify_mult; }
+
+bool virtio_reset_cycle(char *why, size_t n)
+{
+	uint8_t s = reinit();
+	uint8_t r = s == S_READY ? request(T_IN, GOOD_SECTOR, V_RBUF, 512) : 0xFF;
+	c_write8(C_STATUS, 0);
+	if (s != S_READY || r != ST_OK) {
+		snprintf(why, n, "status 0x%x after initialisation, read status %u", s, r);
+		return false;
+	}
+	return true;
+}
+
 /* Reports a case: the attack's verdict, whether the device asked for a reset, then a good request. */
 static void virtio_case(const char *name, bool attack_ok, const char *attack_why)
 {
