@@ -60,6 +60,7 @@ const CASES: &[&str] = &[
     "smp_virtio_notify_during_resets",
     "smp_bar_moves_during_access",
     "smp_msix_flips_during_interrupts",
+    "platform_string_pio_in",
     "platform_port_sweep",
     "platform_port_sweep_then_io",
     "platform_mmio_sweep",
@@ -273,6 +274,7 @@ fn hostile_guest_cannot_hurt_the_vmm() {
         "virtio_indirect_65536_ms",
         "smp_bar_flip_reads",
         "smp_nvme_bring_ups_under_attack",
+        "string_pio_in",
     ] {
         eprintln!("hostile: {key}: {}", report.info(key).unwrap_or("-"));
     }
