@@ -61,6 +61,8 @@ const CASES: &[&str] = &[
     "smp_bar_moves_during_access",
     "smp_msix_flips_during_interrupts",
     "platform_string_pio_in",
+    "platform_power_registers_garbage",
+    "platform_power_registers_garbage_then_io",
     "platform_port_sweep",
     "platform_port_sweep_then_io",
     "platform_mmio_sweep",

@@ -17,7 +17,9 @@
  *                     accesses, MSI-X flips against interrupts (skipped with one vCPU).
  *   this file         the platform: a write and a read of every port flint might own (a few that would
  *                     end the VM or reprogram its console are skipped), a sweep of the unclaimed MMIO
- *                     below 4 GiB, a serial flood written without waiting for the UART; and the set-up.
+ *                     below 4 GiB, a serial flood written without waiting for the UART, string port
+ *                     input, the reset/power-off registers with every value that must not act; and the
+ *                     set-up.
  *
  * Needs one NVMe volume (>= 16 MiB) and one virtio-blk disk (>= 16 MiB); both are scribbled on.
  * Command-line keys: flood_kib=N (bytes written one at a time, default 64), flood_rep_kib=N (with rep
@@ -304,6 +306,34 @@ static void serial_flood(void)
 	still_serving("platform_serial_flood_then_io");
 }
 
+/* The registers that end the VM, written with every value that must not: i8042 commands other than
+ * 0xFE (pulse reset), sleep types other than S5 through the sleep control register and PM1a control
+ * (with SLP_EN), reset-register values other than the FADT's RESET_VALUE (1). Reaching the end of
+ * this function is the check. */
+static void power_registers_garbage(void)
+{
+	for (uint32_t cmd = 0; cmd < 0x100; cmd++) {
+		if (cmd == 0xFE)
+			continue;
+		outb(0x64, (uint8_t)cmd);
+		outb(0x60, (uint8_t)(cmd ^ 0x5A));
+		(void)inb(0x60);
+		(void)inb(0x64);
+	}
+	for (uint32_t typ = 0; typ < 8; typ++) {
+		if (typ == 5)
+			continue;
+		outb(0x600, (uint8_t)(typ << 2 | 0x20));
+		outw(0x604, (uint16_t)(typ << 10 | 1u << 13));
+	}
+	outb(0x605, 0xFF); /* the high byte of PM1a control on its own */
+	for (uint32_t val = 0; val < 0x100; val++)
+		if (val != 1)
+			outb(0x602, (uint8_t)val);
+	probe_ok("platform_power_registers_garbage");
+	still_serving("platform_power_registers_garbage_then_io");
+}
+
 /* String port input (`rep insb` / `rep insl`): KVM's instruction emulator reads ahead, so one exit
  * may ask the VMM for many elements of the same port. Each element must be what a single `in`
  * returns. */
@@ -362,6 +392,7 @@ void probe_main(void)
 	smp_attacks();
 	if (!cmdline_is("skip", "platform")) {
 		string_pio_in();
+		power_registers_garbage();
 		port_sweep();
 		mmio_sweep();
 		serial_flood();
