@@ -8,7 +8,8 @@ use std::time::Instant;
 use devices::bus::Bus;
 use devices::ExitReason;
 use kvm_bindings::{
-    CpuId, Msrs, KVM_EXIT_INTERNAL_ERROR, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_run, CpuId, Msrs, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -125,7 +126,14 @@ pub fn run(index: u32, mut vcpu: VcpuFd, ctx: VcpuRunContext) {
                 ctx.process_start.elapsed().as_secs_f64() * 1e3
             );
         }
-        let outcome = match vcpu.run() {
+        let exit = vcpu.run();
+        // Port I/O is handled from kvm_run itself: the exit may carry several elements of a string
+        // instruction, and only kvm_run says how big each one is.
+        if matches!(exit, Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..))) {
+            handle_port_io(&mut vcpu, &ctx.pio);
+            continue;
+        }
+        let outcome = match exit {
             Ok(exit) => handle_exit(index, exit, &ctx),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
             Err(e) => Some(VmOutcome::Error(format!(
@@ -145,20 +153,50 @@ pub fn run(index: u32, mut vcpu: VcpuFd, ctx: VcpuRunContext) {
     }
 }
 
-/// Handles one exit. Returns Some when the VM must stop.
+/// A port-I/O exit (KVM_EXIT_IO), which `run` has just returned: its elements go to the bus one by
+/// one. KVM hands a string instruction's elements to the VMM several at a time (`rep ins` reads
+/// ahead), and kvm-ioctls passes them as one slice without the element size, which only kvm_run has.
+fn handle_port_io(vcpu: &mut VcpuFd, bus: &Bus) {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: KVM_RUN has just returned KVM_EXIT_IO (kvm-ioctls decoded it as IoIn or IoOut), so
+    // `io` is the member of the exit union the kernel filled in; it is plain integers.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let size = usize::from(io.size);
+    let len = size * io.count as usize;
+    let base = (run as *mut kvm_run).cast::<u8>();
+    // SAFETY: the kernel put the data at `data_offset` bytes into this vCPU's kvm_run mapping (the
+    // PIO data page), inside the KVM_GET_VCPU_MMAP_SIZE bytes kvm-ioctls keeps mapped for the
+    // VcpuFd's lifetime; kvm-ioctls builds the very same slice for VcpuExit::IoIn/IoOut. `run` is
+    // not used again, so this slice is the only reference to those bytes while it lives.
+    let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+    port_io(
+        bus,
+        io.port,
+        data,
+        size,
+        u32::from(io.direction) == KVM_EXIT_IO_OUT,
+    );
+}
+
+/// Runs `data.len() / size` accesses of `size` bytes each to `port`, as the guest's instruction
+/// would have made them one at a time: writes in order, reads each filling its own element
+/// (unclaimed ports read all ones).
+fn port_io(bus: &Bus, port: u16, data: &mut [u8], size: usize, write: bool) {
+    for element in data.chunks_mut(size.max(1)) {
+        if write {
+            bus.write(u64::from(port), element);
+        } else {
+            element.fill(0);
+            if !bus.read(u64::from(port), element) {
+                element.fill(UNCLAIMED_READ_VALUE);
+            }
+        }
+    }
+}
+
+/// Handles one exit other than port I/O ([`handle_port_io`]). Returns Some when the VM must stop.
 fn handle_exit(index: u32, exit: VcpuExit, ctx: &VcpuRunContext) -> Option<VmOutcome> {
     match exit {
-        VcpuExit::IoIn(port, data) => {
-            data.fill(0);
-            if !ctx.pio.read(u64::from(port), data) {
-                data.fill(UNCLAIMED_READ_VALUE);
-            }
-            None
-        }
-        VcpuExit::IoOut(port, data) => {
-            ctx.pio.write(u64::from(port), data);
-            None
-        }
         VcpuExit::MmioRead(addr, data) => {
             data.fill(0);
             if !ctx.mmio.read(addr, data) {
@@ -218,4 +256,83 @@ fn describe_internal_error(vcpu: &mut VcpuFd, msg: String) -> String {
         text.push_str("; this PVM host's emulator lacks some instructions, see docs/pvm.md");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A device that answers each read with an increasing counter byte and records every access.
+    #[derive(Default)]
+    struct Recorder {
+        accesses: Vec<(bool, u64, Vec<u8>)>,
+        next: u8,
+    }
+
+    impl devices::bus::BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            self.next += 1;
+            data.fill(self.next);
+            self.accesses.push((false, offset, data.to_vec()));
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.accesses.push((true, offset, data.to_vec()));
+        }
+    }
+
+    fn bus_with_recorder() -> (Bus, Arc<Mutex<Recorder>>) {
+        let bus = Bus::new();
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        bus.insert(dev.clone(), 0x3f8, 8).unwrap();
+        (bus, dev)
+    }
+
+    #[test]
+    fn a_string_read_is_one_device_access_per_element() {
+        let (bus, dev) = bus_with_recorder();
+        // `rep insb` with 4 elements read ahead at once: 4 one-byte reads, each its own value.
+        let mut data = [0u8; 4];
+        port_io(&bus, 0x3fd, &mut data, 1, false);
+        assert_eq!(data, [1, 2, 3, 4]);
+        // `rep insw` of 2 elements: two 2-byte reads.
+        let mut data = [0u8; 4];
+        port_io(&bus, 0x3f8, &mut data, 2, false);
+        assert_eq!(data, [5, 5, 6, 6]);
+        let d = dev.lock().unwrap();
+        assert_eq!(d.accesses.len(), 6);
+        assert!(d.accesses[..4]
+            .iter()
+            .all(|(w, off, bytes)| !w && *off == 5 && bytes.len() == 1));
+        assert!(d.accesses[4..]
+            .iter()
+            .all(|(w, off, bytes)| !w && *off == 0 && bytes.len() == 2));
+    }
+
+    #[test]
+    fn a_string_write_is_one_device_access_per_element_in_order() {
+        let (bus, dev) = bus_with_recorder();
+        let mut data = *b"hi!\n";
+        port_io(&bus, 0x3f8, &mut data, 1, true);
+        let mut dwords = [1, 0, 0, 0, 2, 0, 0, 0];
+        port_io(&bus, 0x3f8, &mut dwords, 4, true);
+        let d = dev.lock().unwrap();
+        let bytes: Vec<u8> = d.accesses[..4].iter().map(|(_, _, b)| b[0]).collect();
+        assert_eq!(bytes, b"hi!\n");
+        assert_eq!(d.accesses[4].2, vec![1, 0, 0, 0]);
+        assert_eq!(d.accesses[5].2, vec![2, 0, 0, 0]);
+        assert!(d.accesses.iter().all(|(w, _, _)| *w));
+    }
+
+    #[test]
+    fn unclaimed_ports_read_all_ones_in_every_element() {
+        let (bus, _) = bus_with_recorder();
+        let mut data = [0u8; 8];
+        port_io(&bus, 0x80, &mut data, 4, false);
+        assert_eq!(data, [0xff; 8]);
+        // A single access is the one-element case.
+        let mut one = [0u8; 1];
+        port_io(&bus, 0x3fd, &mut one, 1, false);
+        assert_eq!(one, [1]);
+    }
 }

@@ -49,8 +49,9 @@ impl AcpiPm {
         if sleep_type == S5_SLEEP_TYPE {
             self.exit.request_exit(ExitReason::PowerOff);
         } else {
-            // S1-S4 would need the VMM to suspend and wake the guest; nothing declares them.
-            log::warn!("guest asked for unsupported ACPI sleep type {sleep_type}; ignored");
+            // S1-S4 would need the VMM to suspend and wake the guest; nothing declares them. Debug
+            // level: a guest writing this in a loop must not flood the host's log.
+            log::debug!("guest asked for unsupported ACPI sleep type {sleep_type}; ignored");
         }
     }
 }

@@ -280,7 +280,7 @@ impl VirtioPciDevice {
                 .map_err(invalid)?;
             queue.set_event_idx(event_idx);
             queue.set_ready(true);
-            if !queue.is_valid(&self.mem) {
+            if !super::queue::rings_in_ram(&queue, &self.mem) {
                 return Err(ActivateError::InvalidQueue(index));
             }
             active.push(ActiveQueue {
@@ -308,7 +308,9 @@ impl VirtioPciDevice {
                 self.kick_all();
             }
             Err(e) => {
-                log::warn!(
+                // The guest's mistake (a ring outside RAM, say), answered with DEVICE_NEEDS_RESET; at
+                // debug level, so that a guest repeating it cannot flood the host's log.
+                log::debug!(
                     "virtio device {:#06x}: cannot start: {e}",
                     VIRTIO_PCI_DEVICE_ID_BASE + self.device.device_type()
                 );

@@ -11,8 +11,40 @@
 use std::ops::Deref;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// Whether the queue's descriptor table, available ring and used ring all lie in guest RAM: what
+/// `Queue::is_valid` checks, without the `error!` line virtio-queue logs for each bad ring (a guest
+/// resetting and re-activating a device with a bad ring in a loop would fill the host's log).
+pub fn rings_in_ram(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    let size = u64::from(queue.size());
+    // Sizes from the virtio 1.2 split-ring layout: 16-byte descriptors; flags, idx, the ring and
+    // used_event/avail_event; 8-byte used elements.
+    let rings = [
+        (queue.desc_table(), 16 * size),
+        (queue.avail_ring(), 6 + 2 * size),
+        (queue.used_ring(), 6 + 8 * size),
+    ];
+    queue.ready()
+        && rings.iter().all(|&(addr, len)| {
+            usize::try_from(len).is_ok_and(|len| mem.check_range(GuestAddress(addr), len))
+        })
+}
+
+/// `Queue::add_used`, refusing a head index outside the ring itself: virtio-queue refuses it too,
+/// but logs an `error!` line each time, and the head comes from the guest's available ring.
+pub fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
+    if head >= queue.size() {
+        return Err(virtio_queue::Error::InvalidDescriptorIndex);
+    }
+    queue.add_used(mem, head, len)
+}
 
 /// One buffer of a chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,6 +337,7 @@ mod tests {
     use super::testing::*;
     use super::*;
     use virtio_queue::QueueT;
+    use vm_memory::Bytes;
 
     const MEM: u64 = 1 << 20;
 
@@ -494,5 +527,50 @@ mod tests {
         assert_eq!(ring.used_entry(0), (0, 1));
         ring.set_used_event(0);
         assert!(q.needs_notification(&m).unwrap());
+    }
+
+    #[test]
+    fn rings_in_ram_agrees_with_is_valid_without_logging() {
+        let m = mem();
+        let ring = TestRing::new(&m, 0x1000, 16);
+        let mut q = ring.queue(false);
+        assert!(rings_in_ram(&q, &m));
+        // Each ring in turn past the end of RAM, or running off it.
+        for (which, addr) in [
+            (0, MEM),
+            (1, MEM - 8),
+            (2, MEM - 4096 + 4000),
+            (2, u64::MAX - 4095),
+        ] {
+            let mut bad = ring.queue(false);
+            let at = GuestAddress(addr & !0xf);
+            match which {
+                0 => bad.try_set_desc_table_address(at).unwrap(),
+                1 => bad.try_set_avail_ring_address(at).unwrap(),
+                _ => bad.try_set_used_ring_address(at).unwrap(),
+            }
+            assert!(!rings_in_ram(&bad, &m), "ring {which} at {addr:#x}");
+            assert_eq!(rings_in_ram(&bad, &m), bad.is_valid(&m));
+        }
+        q.set_ready(false);
+        assert!(!rings_in_ram(&q, &m));
+    }
+
+    #[test]
+    fn add_used_refuses_a_head_outside_the_ring_and_writes_nothing() {
+        let m = mem();
+        let ring = TestRing::new(&m, 0x1000, 16);
+        let mut q = ring.queue(false);
+        for head in [16, 17, u16::MAX] {
+            assert!(matches!(
+                add_used(&mut q, &m, head, 1),
+                Err(virtio_queue::Error::InvalidDescriptorIndex)
+            ));
+        }
+        let used_idx: u16 = m.read_obj(GuestAddress(ring.used + 2)).unwrap();
+        assert_eq!(used_idx, 0, "nothing reached the used ring");
+        add_used(&mut q, &m, 15, 7).unwrap();
+        let used_idx: u16 = m.read_obj(GuestAddress(ring.used + 2)).unwrap();
+        assert_eq!(used_idx, 1);
     }
 }

@@ -28,6 +28,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::block::{BlockBackend, BlockError, BlockIo, FailureLog};
+use crate::virtio::queue::add_used;
 use crate::virtio::{
     has_feature, ActivateContext, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
     VIRTIO_ID_BLOCK,
@@ -370,7 +371,9 @@ impl WorkerLoop {
 
     fn broken(&mut self, index: usize, what: &str, e: virtio_queue::Error) {
         let wq = &mut self.queues[index];
-        log::warn!(
+        // A ring the guest broke: answered with DEVICE_NEEDS_RESET, logged at debug level so that a
+        // guest breaking and resetting it in a loop cannot flood the host's log.
+        log::debug!(
             "virtio-blk: queue {}: {what}: {e}; the device needs a reset",
             wq.q.index
         );
@@ -402,7 +405,7 @@ impl WorkerLoop {
                 };
                 let done = process_chain(mem, &self.disk, self.writeback, chain, &mut self.scratch);
                 let wq = &mut self.queues[index];
-                if let Err(e) = wq.q.queue.add_used(mem, done.head, done.len) {
+                if let Err(e) = add_used(&mut wq.q.queue, mem, done.head, done.len) {
                     return self.broken(index, "cannot add to the used ring", e);
                 }
                 added = true;

@@ -37,6 +37,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::virtio::queue::add_used;
 use crate::virtio::{
     collect_chain, ActivateContext, ActivateError, ActiveQueue, Chain, VirtioDevice,
     VirtioInterrupt, VIRTIO_ID_NET,
@@ -393,7 +394,9 @@ impl NetWorker {
 
     fn broken(&mut self, index: usize, what: &str, e: virtio_queue::Error) {
         let wq = &mut self.queues[index];
-        log::warn!(
+        // A ring the guest broke: answered with DEVICE_NEEDS_RESET, logged at debug level so that a
+        // guest breaking and resetting it in a loop cannot flood the host's log.
+        log::debug!(
             "virtio-net: queue {}: {what}: {e}; the device needs a reset",
             wq.q.index
         );
@@ -530,7 +533,7 @@ impl NetWorker {
                 Err(_) => 0,
             };
             let head = self.chain.head;
-            if let Err(e) = self.queues[RX].q.queue.add_used(&self.mem, head, used) {
+            if let Err(e) = add_used(&mut self.queues[RX].q.queue, &self.mem, head, used) {
                 return self.broken(RX, "cannot add to the used ring", e);
             }
             added = true;
@@ -571,7 +574,7 @@ impl NetWorker {
                     }
                 }
                 let head = self.chain.head;
-                if let Err(e) = self.queues[TX].q.queue.add_used(&self.mem, head, 0) {
+                if let Err(e) = add_used(&mut self.queues[TX].q.queue, &self.mem, head, 0) {
                     return self.broken(TX, "cannot add to the used ring", e);
                 }
                 added = true;
