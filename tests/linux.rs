@@ -35,6 +35,11 @@ fn guest_images() -> Option<PathBuf> {
     None
 }
 
+/// Asserts that the console has a `key` line whose value is `want`.
+fn assert_line(console: &str, key: &str, want: &str, context: &dyn Fn() -> String) {
+    assert_eq!(line_value(console, key), Some(want), "{key}\n{}", context());
+}
+
 fn line_value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
     console
         .lines()
@@ -84,12 +89,7 @@ fn boot_linux_with_initramfs(kernel_file: &str) -> Option<String> {
     );
     // What the kernel did before /init is real too: it found the CPU and the ACPI tables.
     assert!(console.contains("ACPI: "), "{}", context());
-    assert_eq!(
-        line_value(console, "FLINT-CPUS "),
-        Some("1"),
-        "{}",
-        context()
-    );
+    assert_line(console, "FLINT-CPUS ", "1", &context);
     let mem_kb: u64 = line_value(console, "FLINT-MEMTOTAL-KB ")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no MemTotal\n{}", context()));
@@ -211,17 +211,17 @@ fn linux_boots_with_its_root_filesystem_on_nvme() {
             context()
         );
     }
-    assert_eq!(
-        line_value(console, "FLINT-NVME-MODEL "),
-        Some("Amazon Elastic Block Store"),
-        "{}",
-        context()
+    assert_line(
+        console,
+        "FLINT-NVME-MODEL ",
+        "Amazon Elastic Block Store",
+        &context,
     );
-    assert_eq!(
-        line_value(console, "FLINT-NVME-SERIAL "),
-        Some("vol0abcdef0123456789"),
-        "{}",
-        context()
+    assert_line(
+        console,
+        "FLINT-NVME-SERIAL ",
+        "vol0abcdef0123456789",
+        &context,
     );
     assert!(
         run.status.success(),
@@ -428,31 +428,16 @@ fn linux_drives_virtio_net_and_virtio_blk() {
     };
 
     // virtio-net: what Linux's driver made of the device, then real traffic both ways.
-    assert_eq!(
-        line_value(console, "FLINT-NET-MAC "),
-        Some(mac),
-        "{}",
-        context()
+    assert_line(console, "FLINT-NET-MAC ", mac, &context);
+    assert_line(
+        console,
+        "FLINT-NET-QUEUES ",
+        queues.to_string().as_str(),
+        &context,
     );
-    assert_eq!(
-        line_value(console, "FLINT-NET-QUEUES "),
-        Some(queues.to_string().as_str()),
-        "{}",
-        context()
-    );
-    assert_eq!(
-        line_value(console, "FLINT-NET-PING "),
-        Some("ok"),
-        "{}",
-        context()
-    );
+    assert_line(console, "FLINT-NET-PING ", "ok", &context);
     let guest_sha = first_word("FLINT-IO-SHA256 ").unwrap_or_else(|| panic!("{}", context()));
-    assert_eq!(
-        line_value(console, "FLINT-NET-SENT "),
-        Some("ok"),
-        "{}",
-        context()
-    );
+    assert_line(console, "FLINT-NET-SENT ", "ok", &context);
     let received = format!("RECEIVED {bytes} {guest_sha}");
     assert!(
         peer_said.contains(&received),
@@ -471,36 +456,21 @@ fn linux_drives_virtio_net_and_virtio_blk() {
     );
 
     // virtio-blk: the round trip, the sizes, read-only honoured, and the bytes in the host file.
-    assert_eq!(
-        line_value(console, "FLINT-BLK-WRITTEN "),
-        Some("ok"),
-        "{}",
-        context()
-    );
+    assert_line(console, "FLINT-BLK-WRITTEN ", "ok", &context);
     assert_eq!(
         first_word("FLINT-BLK-READ-SHA256 ").as_deref(),
         Some(guest_sha.as_str()),
         "{}",
         context()
     );
-    assert_eq!(
-        line_value(console, "FLINT-BLK-VDA-SIZE "),
-        Some("16384"),
-        "{}",
-        context()
+    assert_line(console, "FLINT-BLK-VDA-SIZE ", "16384", &context);
+    assert_line(
+        console,
+        "FLINT-BLK-VDB-SIZE ",
+        (writable_len / 512).to_string().as_str(),
+        &context,
     );
-    assert_eq!(
-        line_value(console, "FLINT-BLK-VDB-SIZE "),
-        Some((writable_len / 512).to_string().as_str()),
-        "{}",
-        context()
-    );
-    assert_eq!(
-        line_value(console, "FLINT-BLK-RO-REFUSED "),
-        Some("ok"),
-        "{}",
-        context()
-    );
+    assert_line(console, "FLINT-BLK-RO-REFUSED ", "ok", &context);
     assert!(
         run.status.success(),
         "flint exited with {:?}\n{}",
