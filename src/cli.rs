@@ -78,7 +78,8 @@ pub struct RunArgs {
     // -- end virtio-blk disks --
     // -- virtio-net (issue 4) --
     /// A virtio-net device on a host TAP (repeatable; attached after the disks):
-    /// tap=NAME[,mac=02:..][,queues=1] (the TAP is created when missing, which needs root)
+    /// tap=NAME[,mac=02:..][,queues=N] (N queue pairs, default one per vCPU up to 8; the TAP is
+    /// created when missing, which needs root)
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
     // -- end virtio-net --

@@ -348,10 +348,8 @@ fn bad_net_input_is_one_line() {
             &["--net tap=t0,mac=zz: mac=zz: expected six hex bytes"][..],
         ),
         ("tap=t0,mac=01:00:00:00:00:01", &["unicast"][..]),
-        (
-            "tap=t0,queues=4",
-            &["queues=4: only one queue pair is implemented so far"][..],
-        ),
+        ("tap=t0,queues=9", &["queues=9: expected 1 to 8"][..]),
+        ("tap=t0,queues=0", &["queues=0: expected 1 to 8"][..]),
         (
             "tap=t0,vhost=on",
             &["unknown or empty setting 'vhost=on'"][..],
