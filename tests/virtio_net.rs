@@ -28,10 +28,12 @@ fn spawn_flint_with(cmd: &mut Command) -> std::process::Child {
 }
 
 /// The host side: prints READY once bound, then `RX <len> <hex>` per guest frame (direction 'G'),
-/// and after `want` of them writes three frames (60, 1000, 1514 bytes) towards the guest.
+/// and after `want` of them writes frames of the sizes in argv[4] (default 60, 1000, 1514 bytes)
+/// towards the guest, seq 0, 1, ...
 const HELPER: &str = r#"
 import select, socket, sys, time
 tap, guest_mac, want = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), int(sys.argv[3])
+sizes = [int(x) for x in sys.argv[4].split(",")] if len(sys.argv) > 4 else [60, 1000, 1514]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
 s.bind((tap, 0))
 print("READY", flush=True)
@@ -46,7 +48,7 @@ while len(got) < want and time.time() < deadline:
         continue
     print("RX", len(f), f.hex(), flush=True)
     got.add(f[18])
-for seq, size in enumerate([60, 1000, 1514]):
+for seq, size in enumerate(sizes):
     f = guest_mac + bytes([2, 0, 0, 0, 0, 0xFE]) + b"\x88\xb5FLNT" + bytes([seq]) + b"H"
     f += bytes((seq * 17 + i) & 0xFF for i in range(20, size))
     s.send(f)
@@ -181,19 +183,50 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// How one frame exchange runs.
+#[derive(Clone, Copy, Default)]
+struct Exchange {
+    /// Acknowledge CSUM/GUEST_CSUM/TSO (the TAP's offloads go on).
+    ack_offloads: bool,
+    /// Queue pairs (`queues=` and the probe's `pairs=`); above 1 the TAP is a multi-queue one.
+    pairs: u16,
+    /// MRG_RXBUF with 512-byte RX buffers, and a 4,000-byte host frame (the TAP's MTU raised).
+    mrg: bool,
+}
+
 #[test]
 fn virtio_net_probe_exchanges_frames_with_the_tap() {
-    exchange_frames(false);
+    exchange_frames(Exchange {
+        pairs: 1,
+        ..Exchange::default()
+    });
 }
 
 /// The same with CSUM/GUEST_CSUM/TSO acknowledged: the TAP's offloads are on, plain frames still
 /// go both ways unchanged.
 #[test]
 fn virtio_net_probe_exchanges_frames_with_offloads_on() {
-    exchange_frames(true);
+    exchange_frames(Exchange {
+        ack_offloads: true,
+        pairs: 1,
+        ..Exchange::default()
+    });
 }
 
-fn exchange_frames(ack_offloads: bool) {
+/// Four queue pairs on a multi-queue TAP: the probe negotiates MQ and CTRL_VQ, gets ERR for bad
+/// control commands and OK for four pairs, sends a frame on every TX queue (the test reads them
+/// all), and receives on whichever RX queue the TAP picks; with MRG_RXBUF and 512-byte RX buffers
+/// the host's 1,514- and 4,000-byte frames span several buffers.
+#[test]
+fn virtio_net_probe_uses_four_queue_pairs_and_merged_rx_buffers() {
+    exchange_frames(Exchange {
+        ack_offloads: false,
+        pairs: 4,
+        mrg: true,
+    });
+}
+
+fn exchange_frames(how: Exchange) {
     if !kvm_available() || !net_available() {
         return;
     }
@@ -202,11 +235,33 @@ fn exchange_frames(ack_offloads: bool) {
     let mac = [0x02, 0x12, 0x34, 0x56, 0x78, 0x9a];
     let mac_text = "02:12:34:56:78:9a";
     // A persistent TAP in the namespace, up, before flint attaches to it, so the helper can bind.
-    ns.ip_in(&["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]);
+    let mut add = vec!["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"];
+    if how.pairs > 1 {
+        add.push("multi_queue");
+    }
+    ns.ip_in(&add);
+    if how.mrg {
+        ns.ip_in(&["link", "set", tap, "mtu", "9000"]);
+    }
     ns.ip_in(&["link", "set", tap, "up"]);
+    // Pair 0 sends seq 0..3, then pair p seq 4 + p.
+    let guest_frames: Vec<(u8, usize)> = [(0u8, 60usize), (1, 590), (2, 1514), (3, 100)]
+        .into_iter()
+        .chain(
+            (0..how.pairs)
+                .filter(|_| how.pairs > 1)
+                .map(|p| (4 + p as u8, 200 + 100 * p as usize)),
+        )
+        .collect();
+    let want = guest_frames.len().to_string();
+    let host_sizes = if how.mrg {
+        "60,1000,1514,4000"
+    } else {
+        "60,1000,1514"
+    };
     let mut helper = ns
         .exec("python3")
-        .args(["-c", HELPER, tap, mac_text, "4"])
+        .args(["-c", HELPER, tap, mac_text, &want, host_sizes])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -217,11 +272,15 @@ fn exchange_frames(ack_offloads: bool) {
     let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 
     let kernel = probe("virtio_net");
-    let net = format!("tap={tap},mac={mac_text}");
-    let cmdline = format!(
-        "expect_mac={mac_text} ack_offloads={} exit=poweroff",
-        u8::from(ack_offloads)
+    let net = format!("tap={tap},mac={mac_text},queues={}", how.pairs);
+    let mut cmdline = format!(
+        "expect_mac={mac_text} ack_offloads={} pairs={} exit=poweroff",
+        u8::from(how.ack_offloads),
+        how.pairs
     );
+    if how.mrg {
+        cmdline.push_str(" mrg=1 rx_buf=512 expect_rx=4");
+    }
     let started = Instant::now();
     let child = spawn_flint_with(ns.exec(common::flint_bin()).args([
         "--log-level",
@@ -262,7 +321,41 @@ fn exchange_frames(ack_offloads: bool) {
         "vnet_tx_after_bad_chain",
         "vnet_rx_frames",
         "vnet_rx_num_buffers",
+        "vnet_msix_vectors",
     ] {
+        assert!(report.passed(check), "{check} did not pass");
+    }
+    let mut extra = Vec::new();
+    if how.pairs > 1 {
+        extra.extend([
+            "vnet_max_pairs",
+            "vnet_ctrl_too_many_pairs",
+            "vnet_ctrl_zero_pairs",
+            "vnet_ctrl_unknown_class",
+            "vnet_ctrl_short_command",
+            "vnet_ctrl_bad_chain",
+            "vnet_ctrl_set_pairs",
+        ]);
+        extra.extend(
+            [
+                "vnet_tx_pair0",
+                "vnet_tx_pair1",
+                "vnet_tx_pair2",
+                "vnet_tx_pair3",
+            ]
+            .iter()
+            .take(how.pairs as usize),
+        );
+        assert!(
+            run.stderr.contains(&format!("{} queue pairs", how.pairs)),
+            "{}",
+            run.stderr
+        );
+    }
+    if how.mrg {
+        extra.push("vnet_rx_merged");
+    }
+    for check in extra {
         assert!(report.passed(check), "{check} did not pass");
     }
     assert!(
@@ -278,13 +371,22 @@ fn exchange_frames(ack_offloads: bool) {
         .filter_map(|l| l.strip_prefix("RX "))
         .map(|l| unhex(l.split_whitespace().nth(1).unwrap_or("")))
         .collect();
-    // Exactly the four good frames, in order: the malformed chain sent nothing.
-    let want: Vec<Vec<u8>> = [(0u8, 60usize), (1, 590), (2, 1514), (3, 100)]
+    // Exactly the good frames, pair 0's in order (the malformed chain sent nothing); frames from
+    // different TX queues may reach the TAP in any order.
+    let want: Vec<Vec<u8>> = guest_frames
         .iter()
         .map(|(seq, size)| guest_frame(*seq, *size, &mac))
         .collect();
     assert_eq!(frames.len(), want.len(), "helper output: {out:?}");
-    for (got, want) in frames.iter().zip(&want) {
+    let pair0: Vec<&Vec<u8>> = frames.iter().filter(|f| f[18] < 4).collect();
+    assert_eq!(
+        pair0,
+        want.iter().take(4).collect::<Vec<_>>(),
+        "pair 0's frames"
+    );
+    let mut sorted = frames.clone();
+    sorted.sort_by_key(|f| f[18]);
+    for (got, want) in sorted.iter().zip(&want) {
         assert!(got == want, "frame {} differs", want[18]);
     }
     assert!(out.iter().any(|l| l == "DONE"), "{out:?}");
