@@ -14,8 +14,72 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
+use crate::instance::Bandwidth;
+
 /// Most queue pairs `queues=` may ask for.
 pub const MAX_QUEUE_PAIRS: u16 = 8;
+
+/// How long a full network burst-credit balance lasts at the maximum by default. EC2 documents
+/// "typically 5 to 60 minutes depending on the instance size" without per-type figures; flint takes
+/// EBS's 30 minutes.
+pub const NET_BURST_DURATION: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// The largest cap `--net-bandwidth` takes, in Mbit/s (1 Tbit/s).
+pub const MAX_NET_MBPS: u64 = 1_000_000;
+
+/// Parses `--net-bandwidth`: `BASELINE[:MAXIMUM]` in Mbit/s (decimal), 1 ≤ baseline ≤ maximum.
+pub fn parse_bandwidth(text: &str) -> Result<Bandwidth, String> {
+    let number = |t: &str| -> Result<u64, String> {
+        t.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_NET_MBPS).contains(n))
+            .ok_or_else(|| {
+                format!("'{t}': expected Mbit/s from 1 to {MAX_NET_MBPS}, as BASELINE[:MAXIMUM]")
+            })
+    };
+    let (baseline, maximum) = match text.split_once(':') {
+        Some((b, m)) => (number(b)?, number(m)?),
+        None => (number(text)?, number(text)?),
+    };
+    if maximum < baseline {
+        return Err(format!(
+            "the maximum {maximum} is below the baseline {baseline}"
+        ));
+    }
+    Ok(Bandwidth {
+        baseline_mbps: baseline,
+        maximum_mbps: maximum,
+    })
+}
+
+/// The instance's network caps, one shared limiter per direction for every NIC: `cap` each way,
+/// with burst credits lasting `burst` at the maximum (the same bucket as the EBS cap, see
+/// docs/instance-types.md).
+pub fn instance_net_limits(
+    cap: &Bandwidth,
+    burst: std::time::Duration,
+) -> anyhow::Result<devices::virtio_net::NetRateLimits> {
+    if cap.bursts() && !burst.is_zero() {
+        log::info!(
+            "network cap: {} Mbps each way, up to {} Mbps for {} s of burst credits",
+            cap.baseline_mbps,
+            cap.maximum_mbps,
+            burst.as_secs()
+        );
+    } else {
+        log::info!("network cap: {} Mbps each way", cap.baseline_mbps);
+    }
+    let config = crate::volume::instance_ebs_config(cap, burst);
+    let limiter = || {
+        devices::rate_limiter::SharedRateLimiter::new(&config)
+            .map_err(|e| anyhow::anyhow!("the instance's network cap: {e}"))
+    };
+    Ok(devices::virtio_net::NetRateLimits {
+        rx: Some(limiter()?),
+        tx: Some(limiter()?),
+    })
+}
 
 /// One `--net`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +372,47 @@ mod tests {
         assert_ne!(default_mac("flint0"), default_mac("flint1"));
         assert_eq!(format_mac(&n.mac()), format_mac(&default_mac("flint0")));
         assert_eq!(format_mac(&[2, 0, 0, 0, 0, 0xab]), "02:00:00:00:00:ab");
+    }
+
+    #[test]
+    fn bandwidth_caps() {
+        let b = |base, max| Bandwidth {
+            baseline_mbps: base,
+            maximum_mbps: max,
+        };
+        assert_eq!(parse_bandwidth("750:2400"), Ok(b(750, 2400)));
+        assert_eq!(parse_bandwidth("500"), Ok(b(500, 500)));
+        for (text, why) in [
+            ("0", "expected Mbit/s"),
+            ("fast", "expected Mbit/s"),
+            ("100:", "expected Mbit/s"),
+            ("1000001", "expected Mbit/s"),
+            ("2400:750", "below the baseline"),
+        ] {
+            let err = parse_bandwidth(text).unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        // Both directions get their own limiter, each with c5.large's 93.75 MB/s baseline and
+        // 1.25 GB/s maximum.
+        let limits = instance_net_limits(&b(750, 10_000), NET_BURST_DURATION).unwrap();
+        let (rx, tx) = (limits.rx.unwrap(), limits.tx.unwrap());
+        let mut rx_chain = rx.chain(
+            devices::rate_limiter::RateLimiter::unlimited(
+                devices::rate_limiter::MonotonicClock::shared(),
+            )
+            .unwrap(),
+        );
+        rx_chain.consume(1, 62_500_000).unwrap();
+        assert!(
+            rx_chain.consume(1, 1_000_000).is_err(),
+            "the rx bucket holds 50 ms of 1.25 GB/s"
+        );
+        assert_eq!(
+            tx.bytes_bucket().unwrap().tokens(),
+            62_500_000.0,
+            "tx is a bucket of its own"
+        );
+        assert!(instance_net_limits(&b(750, 750), std::time::Duration::ZERO).is_ok());
     }
 
     #[test]

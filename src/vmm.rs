@@ -185,8 +185,13 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     }
     // -- end virtio-blk disks --
     // -- virtio-net (issue 4): one virtio-pci device per --net, after the disks --
+    let net_limits = if config.nets.is_empty() {
+        devices::virtio_net::NetRateLimits::default()
+    } else {
+        crate::net::instance_net_limits(&config.net_cap, config.net_burst)?
+    };
     for (index, net) in config.nets.iter().enumerate() {
-        attach_net(&pci, &mem, index, net, config.cpus)?;
+        attach_net(&pci, &mem, index, net, config.cpus, &net_limits)?;
     }
     // -- end virtio-net --
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -295,6 +300,7 @@ fn attach_net(
     index: usize,
     net: &crate::net::NetConfig,
     cpus: u32,
+    limits: &devices::virtio_net::NetRateLimits,
 ) -> anyhow::Result<()> {
     use devices::virtio::VirtioPciDevice;
     use devices::virtio_net::VirtioNet;
@@ -316,7 +322,8 @@ fn attach_net(
     let pairs = taps.len();
     let device = VirtioNet::new(taps, mac)
         .map_err(|e| context(&e))?
-        .with_tap_control(Box::new(control));
+        .with_tap_control(Box::new(control))
+        .with_rate_limits(limits.clone());
     let device = VirtioPciDevice::new(Box::new(device), mem.clone()).map_err(|e| context(&e))?;
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
     log::info!(

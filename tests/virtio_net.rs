@@ -12,10 +12,10 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{in_ci, kvm_available, probe, run_flint, wait_with_timeout};
+use common::netns::{net_available, NetNs};
+use common::{kvm_available, probe, run_flint, wait_with_timeout};
 
 /// Starts `cmd` (flint under `ip netns exec`) with stdin closed and stdout/stderr piped, as
 /// `common::spawn_flint` does.
@@ -55,117 +55,6 @@ for seq, size in enumerate(sizes):
     print("TX", seq, flush=True)
 print("DONE", flush=True)
 "#;
-
-fn tool_works(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether network namespaces and TAPs can be used here (root, /dev/net/tun, ip, python3). Outside
-/// CI a missing piece skips the test; in CI it fails it.
-fn net_available() -> bool {
-    let mut missing = Vec::new();
-    // Root: the effective uid in /proc/self/status.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        missing.push("root (CAP_NET_ADMIN)");
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        missing.push("/dev/net/tun");
-    }
-    if !tool_works("ip", &["-V"]) {
-        missing.push("the ip command");
-    }
-    if !tool_works("python3", &["-c", "import socket; socket.AF_PACKET"]) {
-        missing.push("python3 with AF_PACKET");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(!in_ci(), "CI=true but missing: {}", missing.join(", "));
-    eprintln!(
-        "SKIPPED: missing {} (set CI=true to make this a failure)",
-        missing.join(", ")
-    );
-    false
-}
-
-/// A network namespace of this test, deleted on drop.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "flint-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let ns = NetNs { name };
-        let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
-        ns.ip(&["netns", "add", &ns.name]);
-        ns
-    }
-
-    /// `ip ARGS` on the host (used for `netns add`).
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A command line that runs `cmd` inside the namespace.
-    fn exec(&self, cmd: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, cmd]);
-        c
-    }
-
-    /// `ip ARGS` inside the namespace; must succeed.
-    fn ip_in(&self, args: &[&str]) {
-        let out = self.exec("ip").args(args).output().expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?} in {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Whether interface `dev` exists in the namespace.
-    fn has_link(&self, dev: &str) -> bool {
-        self.exec("ip")
-            .args(["link", "show", dev])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
 
 fn guest_frame(seq: u8, size: usize, mac: &[u8; 6]) -> Vec<u8> {
     let mut f = vec![0xFF; 6];
@@ -473,5 +362,33 @@ fn bad_net_input_is_one_line() {
         for needle in needles {
             assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
         }
+    }
+}
+
+#[test]
+fn bad_net_caps_are_one_line() {
+    let kernel = probe("virtio_net");
+    let kernel = kernel.to_str().unwrap();
+    for (flag, value, needle) in [
+        (
+            "--net-bandwidth",
+            "fast",
+            "--net-bandwidth fast: 'fast': expected Mbit/s",
+        ),
+        (
+            "--net-bandwidth",
+            "2400:750",
+            "the maximum 750 is below the baseline 2400",
+        ),
+        (
+            "--net-burst-seconds",
+            "99999999999",
+            "--net-burst-seconds 99999999999: expected 0 to",
+        ),
+    ] {
+        common::assert_one_line_error(
+            &["run", "--kernel", kernel, "--memory", "64M", flag, value],
+            &[needle],
+        );
     }
 }

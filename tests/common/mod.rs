@@ -2,6 +2,8 @@
 //! binary with a timeout, and parses what the guest printed.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod netns;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -29,6 +29,16 @@
  * (seq * 31 + i) & 0xff from the guest and (seq * 17 + i) & 0xff from the host. Guest frames go to
  * ff:ff:ff:ff:ff:ff from the device's MAC.
  *
+ * bench=tx (rate-limit test, tests/virtio_net_rate.rs): instead of the checks above (after DRIVER_OK),
+ * transmit frames of bench_frame= bytes (default 65000, at most 65536, one static buffer, ethertype
+ * 0x88B5 to 02:00:00:00:00:fe) from bench_chains= chains in flight (default 8) on TX queue 1 for
+ * bench_seconds= (default 9), and time the completions with the TSC in slices of bench_slice_ms=
+ * (default 250), like the NVMe probe's bench=seqwrite. Printed after the run:
+ *   PROBE-INFO bench_tx_slice_<i>=start_us=<from the start> us=<length> frames=<N> bytes=<N>
+ *   PROBE-INFO bench_tx=frames=<N> bytes=<N> us=<N> frame=<bytes> slices=<N>[ stalled]
+ *   PROBE bench_tx ok|FAIL      (FAIL: nothing completed for 5 s)
+ * Bytes count the Ethernet frame without the virtio-net header, as the device's rate limiter does.
+ *
  * Command-line keys: expect_mac=02:..., expect_rx=N, rx_wait_ms=N, ack_offloads=1 (also require and
  * accept CSUM, GUEST_CSUM, GUEST/HOST_TSO4/6, so the device sets the TAP's offloads; the frames carry
  * no partial checksums either way), pairs=N, mrg=1, rx_buf=BYTES (64..2048), exit=... (see the boot
@@ -112,6 +122,9 @@ static uint8_t g_ctrl_cmd[16] __attribute__((aligned(16)));
 static volatile uint8_t g_ctrl_ack;
 
 static struct ring g_q[MAXQ];
+#define BENCH_MAX_FRAME 65536
+#define BENCH_MAX_SLICES 128
+static uint8_t g_bench_frame[BENCH_MAX_FRAME] __attribute__((aligned(4096)));
 /* Queue pairs in use, the RX buffer length, MRG_RXBUF negotiated. */
 static uint32_t g_pairs = 1, g_rxbuf_len = RXBUF;
 static bool g_mrg;
@@ -554,6 +567,124 @@ static void check_rx(void)
 		      torn);
 }
 
+struct tx_slice {
+	uint64_t start, end, bytes;
+	uint32_t frames;
+};
+static struct tx_slice g_tx_slices[BENCH_MAX_SLICES];
+
+/* bench=tx: see the header comment. */
+static void bench_tx(void)
+{
+	uint32_t seconds = 9, frame = 65000, chains = 8, slice_ms = 250;
+	cmdline_get_u32("bench_seconds", &seconds);
+	cmdline_get_u32("bench_frame", &frame);
+	cmdline_get_u32("bench_chains", &chains);
+	cmdline_get_u32("bench_slice_ms", &slice_ms);
+	if (frame < 60 || frame > BENCH_MAX_FRAME || chains < 1 || chains > QSZ / 2 || seconds < 1 || seconds > 600 ||
+	    slice_ms < 1) {
+		probe_fail("bench_tx", "bench_frame=%u (60..%u) bench_chains=%u (1..%u) bench_seconds=%u bench_slice_ms=%u",
+			   frame, BENCH_MAX_FRAME, chains, QSZ / 2, seconds, slice_ms);
+		return;
+	}
+	memset(g_bench_frame, 0x5A, frame);
+	memset(g_bench_frame, 0xFF, 6);
+	memcpy(g_bench_frame + 6, v.mac, 6);
+	g_bench_frame[0] = 0x02; /* unicast to nobody: the host stack drops it */
+	g_bench_frame[5] = 0xFE;
+	g_bench_frame[12] = ETHERTYPE >> 8;
+	g_bench_frame[13] = ETHERTYPE & 0xFF;
+	memset(g_txhdr, 0, HDR);
+	struct ring *r = &txq;
+	for (uint16_t c = 0; c < chains; c++) {
+		DESC(r)[2 * c].addr = (uintptr_t)g_txhdr;
+		DESC(r)[2 * c].len = HDR;
+		DESC(r)[2 * c].flags = D_NEXT;
+		DESC(r)[2 * c].next = (uint16_t)(2 * c + 1);
+		DESC(r)[2 * c + 1].addr = (uintptr_t)g_bench_frame;
+		DESC(r)[2 * c + 1].len = frame;
+		DESC(r)[2 * c + 1].flags = 0;
+		DESC(r)[2 * c + 1].next = 0;
+	}
+	uint64_t khz = tsc_khz();
+	uint64_t slice_ticks = khz * slice_ms, run_ticks = khz * 1000u * seconds, stall = khz * 5000u;
+	uint32_t frames = 0, nslices = 0, outstanding = 0;
+	uint64_t bytes = 0;
+	struct tx_slice cur = {0, 0, 0, 0};
+	uint64_t t0 = rdtsc(), progress = t0, last = t0;
+	cur.start = t0;
+	bool stalled = false;
+	for (uint16_t c = 0; c < chains; c++) {
+		AVAIL(r)[2 + r->avail_idx % QSZ] = (uint16_t)(2 * c);
+		r->avail_idx++;
+		outstanding++;
+	}
+	mb();
+	AVAIL(r)[1] = r->avail_idx;
+	mb();
+	kick(r);
+	for (;;) {
+		bool sending = last - t0 < run_ticks;
+		if (!sending && !outstanding)
+			break;
+		uint32_t id, len, reaped = 0;
+		while (pop_used(r, &id, &len)) {
+			reaped++;
+			outstanding--;
+			cur.frames++;
+			cur.bytes += frame;
+			if (sending) {
+				AVAIL(r)[2 + r->avail_idx % QSZ] = (uint16_t)id;
+				r->avail_idx++;
+				outstanding++;
+			}
+		}
+		uint64_t now = rdtsc();
+		if (reaped) {
+			if (sending) {
+				mb();
+				AVAIL(r)[1] = r->avail_idx;
+				mb();
+				kick(r);
+			}
+			frames += reaped;
+			progress = last = now;
+			if (now - cur.start >= slice_ticks) {
+				cur.end = now;
+				bytes += cur.bytes;
+				if (nslices < BENCH_MAX_SLICES)
+					g_tx_slices[nslices] = cur;
+				nslices++;
+				cur.start = now;
+				cur.frames = 0;
+				cur.bytes = 0;
+			}
+		} else if (now - progress > stall) {
+			stalled = true;
+			break;
+		}
+	}
+	if (!stalled && cur.frames) { /* the last, shorter slice */
+		cur.end = last;
+		if (nslices < BENCH_MAX_SLICES)
+			g_tx_slices[nslices] = cur;
+		nslices++;
+	}
+	bytes += cur.bytes;
+	uint32_t shown = nslices < BENCH_MAX_SLICES ? nslices : BENCH_MAX_SLICES;
+	for (uint32_t i = 0; i < shown; i++) {
+		const struct tx_slice *sl = &g_tx_slices[i];
+		char key[48];
+		snprintf(key, sizeof(key), "bench_tx_slice_%u", i);
+		probe_info(key, "start_us=%llu us=%u frames=%u bytes=%llu",
+			   udiv64((sl->start - t0) * 1000u, (uint32_t)khz, NULL), tsc_to_us(sl->end - sl->start), sl->frames,
+			   sl->bytes);
+	}
+	probe_info("bench_tx", "frames=%u bytes=%llu us=%u frame=%u slices=%u%s", frames, bytes, tsc_to_us(last - t0),
+		   frame, nslices, stalled ? " stalled" : "");
+	probe_check("bench_tx", !stalled && frames, "nothing completed for 5 s (stalled)");
+}
+
 void probe_main(void)
 {
 	if (!find_device() || !map_device() || !walk_caps())
@@ -621,6 +752,11 @@ void probe_main(void)
 	check("vnet_driver_ok", s == 0xF, "status 0x%x", s);
 	if (s != 0xF)
 		return;
+	if (cmdline_is("bench", "tx")) {
+		bench_tx();
+		c_write8(C_STATUS, 0);
+		return;
+	}
 	if (g_pairs > 1)
 		check_ctrl();
 	for (uint32_t p = 0; p < g_pairs; p++) {
