@@ -39,6 +39,11 @@
  *   PROBE bench_tx ok|FAIL      (FAIL: nothing completed for 5 s)
  * Bytes count the Ethernet frame without the virtio-net header, as the device's rate limiter does.
  *
+ * bench=rx: likewise for receiving: sixteen RX buffers of 64 KiB (all one static buffer: the data is
+ * not looked at) on RX queue 0, re-posted as they come back; the clock starts at the first frame
+ * (waiting up to 30 s for the host to start sending) and runs bench_seconds=. Prints
+ * bench_rx_slice_<i>=... and bench_rx=frames=<N> bytes=<N> us=<N> slices=<N>, PROBE bench_rx.
+ *
  * Command-line keys: expect_mac=02:..., expect_rx=N, rx_wait_ms=N, ack_offloads=1 (also require and
  * accept CSUM, GUEST_CSUM, GUEST/HOST_TSO4/6, so the device sets the TAP's offloads; the frames carry
  * no partial checksums either way), pairs=N, mrg=1, rx_buf=BYTES (64..2048), exit=... (see the boot
@@ -122,7 +127,7 @@ static uint8_t g_ctrl_cmd[16] __attribute__((aligned(16)));
 static volatile uint8_t g_ctrl_ack;
 
 static struct ring g_q[MAXQ];
-#define BENCH_MAX_FRAME 65536
+#define BENCH_MAX_FRAME 65536 /* also the RX benchmark's buffer size */
 #define BENCH_MAX_SLICES 128
 static uint8_t g_bench_frame[BENCH_MAX_FRAME] __attribute__((aligned(4096)));
 /* Queue pairs in use, the RX buffer length, MRG_RXBUF negotiated. */
@@ -573,6 +578,97 @@ struct tx_slice {
 };
 static struct tx_slice g_tx_slices[BENCH_MAX_SLICES];
 
+static void print_slices(const char *name, uint32_t nslices, uint64_t t0, uint64_t khz)
+{
+	uint32_t shown = nslices < BENCH_MAX_SLICES ? nslices : BENCH_MAX_SLICES;
+	for (uint32_t i = 0; i < shown; i++) {
+		const struct tx_slice *sl = &g_tx_slices[i];
+		char key[48];
+		snprintf(key, sizeof(key), "%s_slice_%u", name, i);
+		probe_info(key, "start_us=%llu us=%u frames=%u bytes=%llu",
+			   udiv64((sl->start - t0) * 1000u, (uint32_t)khz, NULL), tsc_to_us(sl->end - sl->start), sl->frames,
+			   sl->bytes);
+	}
+}
+
+/* bench=rx: see the header comment. */
+static void bench_rx(void)
+{
+	uint32_t seconds = 9, slice_ms = 250;
+	cmdline_get_u32("bench_seconds", &seconds);
+	cmdline_get_u32("bench_slice_ms", &slice_ms);
+	if (seconds < 1 || seconds > 600 || slice_ms < 1) {
+		probe_fail("bench_rx", "bench_seconds=%u bench_slice_ms=%u", seconds, slice_ms);
+		return;
+	}
+	struct ring *r = &rxq;
+	for (uint16_t i = 0; i < QSZ; i++) {
+		DESC(r)[i].addr = (uintptr_t)g_bench_frame;
+		DESC(r)[i].len = BENCH_MAX_FRAME;
+		DESC(r)[i].flags = D_WRITE;
+		DESC(r)[i].next = 0;
+		AVAIL(r)[2 + r->avail_idx % QSZ] = i;
+		r->avail_idx++;
+	}
+	mb();
+	AVAIL(r)[1] = r->avail_idx;
+	mb();
+	kick(r);
+	uint64_t khz = tsc_khz();
+	uint64_t slice_ticks = khz * slice_ms, run_ticks = khz * 1000u * seconds, stall = khz * 5000u;
+	uint32_t id, len, frames = 0, nslices = 0;
+	uint64_t bytes = 0, first = deadline_ms(30000);
+	bool started = false;
+	while (!started && !deadline_passed(first))
+		started = *(volatile uint16_t *)(USED(r) + 2) != r->used_idx;
+	uint64_t t0 = rdtsc(), progress = t0, last = t0;
+	struct tx_slice cur = {t0, 0, 0, 0};
+	bool stalled = !started;
+	while (started && last - t0 < run_ticks) {
+		uint32_t reaped = 0;
+		while (pop_used(r, &id, &len)) {
+			reaped++;
+			cur.frames++;
+			cur.bytes += len > HDR ? len - HDR : 0;
+			AVAIL(r)[2 + r->avail_idx % QSZ] = (uint16_t)id;
+			r->avail_idx++;
+		}
+		uint64_t now = rdtsc();
+		if (reaped) {
+			mb();
+			AVAIL(r)[1] = r->avail_idx;
+			mb();
+			kick(r);
+			frames += reaped;
+			progress = last = now;
+			if (now - cur.start >= slice_ticks) {
+				cur.end = now;
+				bytes += cur.bytes;
+				if (nslices < BENCH_MAX_SLICES)
+					g_tx_slices[nslices] = cur;
+				nslices++;
+				cur.start = now;
+				cur.frames = 0;
+				cur.bytes = 0;
+			}
+		} else if (now - progress > stall) {
+			stalled = true;
+			break;
+		}
+	}
+	if (!stalled && cur.frames) { /* the last, shorter slice */
+		cur.end = last;
+		if (nslices < BENCH_MAX_SLICES)
+			g_tx_slices[nslices] = cur;
+		nslices++;
+	}
+	bytes += cur.bytes;
+	print_slices("bench_rx", nslices, t0, khz);
+	probe_info("bench_rx", "frames=%u bytes=%llu us=%u slices=%u%s", frames, bytes, tsc_to_us(last - t0), nslices,
+		   stalled ? " stalled" : "");
+	probe_check("bench_rx", !stalled && frames, "%s", started ? "nothing received for 5 s (stalled)" : "no frame in 30 s");
+}
+
 /* bench=tx: see the header comment. */
 static void bench_tx(void)
 {
@@ -671,15 +767,7 @@ static void bench_tx(void)
 		nslices++;
 	}
 	bytes += cur.bytes;
-	uint32_t shown = nslices < BENCH_MAX_SLICES ? nslices : BENCH_MAX_SLICES;
-	for (uint32_t i = 0; i < shown; i++) {
-		const struct tx_slice *sl = &g_tx_slices[i];
-		char key[48];
-		snprintf(key, sizeof(key), "bench_tx_slice_%u", i);
-		probe_info(key, "start_us=%llu us=%u frames=%u bytes=%llu",
-			   udiv64((sl->start - t0) * 1000u, (uint32_t)khz, NULL), tsc_to_us(sl->end - sl->start), sl->frames,
-			   sl->bytes);
-	}
+	print_slices("bench_tx", nslices, t0, khz);
 	probe_info("bench_tx", "frames=%u bytes=%llu us=%u frame=%u slices=%u%s", frames, bytes, tsc_to_us(last - t0),
 		   frame, nslices, stalled ? " stalled" : "");
 	probe_check("bench_tx", !stalled && frames, "nothing completed for 5 s (stalled)");
@@ -752,8 +840,11 @@ void probe_main(void)
 	check("vnet_driver_ok", s == 0xF, "status 0x%x", s);
 	if (s != 0xF)
 		return;
-	if (cmdline_is("bench", "tx")) {
-		bench_tx();
+	if (cmdline_is("bench", "tx") || cmdline_is("bench", "rx")) {
+		if (cmdline_is("bench", "tx"))
+			bench_tx();
+		else
+			bench_rx();
 		c_write8(C_STATUS, 0);
 		return;
 	}
