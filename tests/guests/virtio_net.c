@@ -211,11 +211,25 @@ static bool map_device(void)
 	v.bar_size = (uint64_t)(~(mask & ~0xFu) + 1u);
 	bool ok = ((lo >> 1) & 3) == 2 && addr && addr + v.bar_size <= 0x100000000ull;
 	check("vnet_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo, v.bar_size);
-	if (!ok)
-		return false;
-	v.bar = (uintptr_t)addr;
+	v.bar = ok ? (uintptr_t)addr : 0;
 	cfg_write16(v.dev, 0x04, cfg_read16(v.dev, 0x04) | 0x6); /* memory space + bus master */
-	return true;
+	/* QEMU's virtio-pci puts the structures in BAR4: the benchmark goes on without BAR0 (walk_caps
+	 * finds every BAR it needs); the checks do not. */
+	return ok || cmdline_find("bench", NULL, NULL);
+}
+
+/* The address of memory BAR `bar` as the firmware (or flint) assigned it; 0 if none. */
+static uintptr_t bar_address(uint8_t bar)
+{
+	if (bar > 5)
+		return 0;
+	uint32_t lo = cfg_read32(v.dev, (uint16_t)(0x10 + 4 * bar));
+	if (lo & 1)
+		return 0;
+	uint64_t addr = lo & ~0xFu;
+	if (((lo >> 1) & 3) == 2 && bar < 5)
+		addr |= (uint64_t)cfg_read32(v.dev, (uint16_t)(0x14 + 4 * bar)) << 32;
+	return addr < 0x100000000ull ? (uintptr_t)addr : 0;
 }
 
 static bool walk_caps(void)
@@ -231,7 +245,7 @@ static bool walk_caps(void)
 				if (bar != 0 || (uint64_t)off + clen > v.bar_size)
 					inside = false;
 				seen |= 1u << type;
-				uintptr_t a = v.bar + off;
+				uintptr_t a = (bar == 0 ? v.bar : bar_address(bar)) + off;
 				if (type == CAP_COMMON) {
 					v.common = a;
 					v.common_len = clen;
@@ -250,7 +264,7 @@ static bool walk_caps(void)
 	bool all = (seen & 0x1E) == 0x1E;
 	check("vnet_caps", all && inside && v.common_len >= 0x38, "types seen 0x%x, inside BAR0 %u, common length 0x%x",
 	      seen, inside, v.common_len);
-	return all && inside;
+	return all && (inside || cmdline_find("bench", NULL, NULL));
 }
 
 static uint64_t device_features(void)
