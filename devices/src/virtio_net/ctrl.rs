@@ -54,7 +54,11 @@ pub fn parse_command(head: &[u8], readable_len: u64) -> Command {
     let command = head.get(1).copied().unwrap_or(0);
     match (class, command) {
         (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET) if readable_len == 4 => {
-            Command::SetPairs(u16::from_le_bytes([head[2], head[3]]))
+            match head.get(2..4) {
+                Some(n) => Command::SetPairs(u16::from_le_bytes([n[0], n[1]])),
+                // The chain said 4 bytes but fewer could be read.
+                None => Command::Unknown { class, command },
+            }
         }
         _ => Command::Unknown { class, command },
     }
@@ -212,6 +216,14 @@ mod tests {
             parse_command(&[0, 0, 1], 3),
             Command::Unknown {
                 class: 0,
+                command: 0
+            }
+        );
+        // A length that promises more than was read.
+        assert_eq!(
+            parse_command(&[4, 0], 4),
+            Command::Unknown {
+                class: 4,
                 command: 0
             }
         );

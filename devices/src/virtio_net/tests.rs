@@ -773,6 +773,7 @@ fn a_frame_spreads_over_merged_rx_buffers() {
 fn tx_and_rx_wait_for_the_rate_limiter() {
     use crate::rate_limiter::{BucketConfig, RateLimiterConfig, SharedRateLimiter};
     // 200 kB/s with a 2 kB bucket: 21 frames of 1,000 bytes take 19 × 5 ms after the first two.
+    // The upper bound only catches a stall: a loaded host delays the worker's wake-ups.
     let cap = || {
         SharedRateLimiter::new(&RateLimiterConfig {
             bytes: Some(BucketConfig::fixed(200_000.0, 2000)),
@@ -804,7 +805,7 @@ fn tx_and_rx_wait_for_the_rate_limiter() {
     }
     let tx_time = started.elapsed();
     assert!(
-        (Duration::from_millis(90)..Duration::from_millis(400)).contains(&tx_time),
+        (Duration::from_millis(90)..Duration::from_secs(3)).contains(&tx_time),
         "21 TX frames took {tx_time:?}"
     );
     // RX: 21 frames into 21 buffers (posted in two rounds: the ring has 16).
@@ -822,7 +823,7 @@ fn tx_and_rx_wait_for_the_rate_limiter() {
     }
     let rx_time = started.elapsed();
     assert!(
-        (Duration::from_millis(90)..Duration::from_millis(400)).contains(&rx_time),
+        (Duration::from_millis(90)..Duration::from_secs(3)).contains(&rx_time),
         "21 RX frames took {rx_time:?}"
     );
 }
