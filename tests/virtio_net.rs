@@ -392,3 +392,65 @@ fn bad_net_caps_are_one_line() {
         );
     }
 }
+
+/// Two vCPUs ask for two queue pairs by default; a single-queue TAP made beforehand refuses
+/// IFF_MULTI_QUEUE, so flint warns and uses one pair (the probe still passes), while an explicit
+/// `queues=2` on it is a one-line error naming the fix.
+#[test]
+fn a_single_queue_tap_falls_back_to_one_pair_unless_queues_is_given() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let ns = NetNs::new();
+    let tap = "flsq0";
+    ns.ip_in(&["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]);
+    ns.ip_in(&["link", "set", tap, "up"]);
+    let kernel = probe("virtio_net");
+    let kernel = kernel.to_str().unwrap();
+    let net = format!("tap={tap}");
+    let run = ns.run_flint(
+        &[
+            "--log-level",
+            "info",
+            "run",
+            "--kernel",
+            kernel,
+            "--cmdline",
+            "expect_rx=0 rx_wait_ms=0 exit=poweroff",
+            "--cpus",
+            "2",
+            "--memory",
+            "128M",
+            "--net",
+            &net,
+        ],
+        Duration::from_secs(120),
+    );
+    run.probe().assert_all_passed(&run);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("multi-queue TAP") && run.stderr.contains("using one queue pair"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("(MAC "), "{}", run.stderr);
+    assert!(run.stderr.contains(", 1 queue pair)"), "{}", run.stderr);
+    let net = format!("tap={tap},queues=2");
+    let run = ns.run_flint(
+        &["run", "--kernel", kernel, "--memory", "128M", "--net", &net],
+        Duration::from_secs(30),
+    );
+    assert!(!run.status.success());
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("WARN "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].starts_with("flint: error: --net tap=flsq0: cannot attach to TAP flsq0")
+            && errors[0].contains("ip tuntap add NAME mode tap vnet_hdr multi_queue"),
+        "{}",
+        errors[0]
+    );
+}
