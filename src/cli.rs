@@ -78,9 +78,18 @@ pub struct RunArgs {
     // -- end virtio-blk disks --
     // -- virtio-net (issue 4) --
     /// A virtio-net device on a host TAP (repeatable; attached after the disks):
-    /// tap=NAME[,mac=02:..][,queues=1] (the TAP is created when missing, which needs root)
+    /// tap=NAME[,mac=02:..][,queues=N] (N queue pairs, default one per vCPU up to 8; the TAP is
+    /// created when missing, which needs root)
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
+    /// The network cap all NICs share, each way, in Mbit/s: BASELINE[:MAXIMUM] (burst credits
+    /// allow the maximum) [default: the instance type's, e.g. c5.large 750:10000].
+    #[arg(long, value_name = "MBPS")]
+    pub net_bandwidth: Option<String>,
+    /// Seconds a full network burst-credit balance lasts at the maximum [default: 1800; 0: no
+    /// credits, baseline only].
+    #[arg(long, value_name = "N")]
+    pub net_burst_seconds: Option<u64>,
     // -- end virtio-net --
     /// CPUID profile: auto (pvm-compat on PVM hosts), host or pvm-compat [default: auto].
     #[arg(long, value_name = "PROFILE")]
@@ -104,6 +113,8 @@ impl RunArgs {
             ebs_burst_seconds: self.ebs_burst_seconds,
             disks: (!self.disks.is_empty()).then(|| self.disks.clone()),
             nets: (!self.nets.is_empty()).then(|| self.nets.clone()),
+            net_burst_seconds: self.net_burst_seconds,
+            net_bandwidth: self.net_bandwidth.clone(),
         };
         let base = match &self.config {
             Some(path) => RawConfig::from_file(path)?,

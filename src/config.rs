@@ -102,6 +102,10 @@ pub struct VmConfig {
     // -- virtio-net (issue 4) --
     /// virtio-net devices, attached after the disks, in PCI slot order.
     pub nets: Vec<crate::net::NetConfig>,
+    /// The network cap every NIC shares, each way: the instance type's unless `--net-bandwidth`.
+    pub net_cap: crate::instance::Bandwidth,
+    /// How long a full network burst-credit balance lasts at the cap's maximum (zero: no credits).
+    pub net_burst: Duration,
     // -- end virtio-net --
 }
 
@@ -138,6 +142,10 @@ pub struct RawConfig {
     pub disks: Option<Vec<String>>,
     /// `--net` specs, e.g. "tap=tap0,mac=02:00:00:00:00:01".
     pub nets: Option<Vec<String>>,
+    /// Seconds a full network burst-credit balance lasts at the maximum.
+    pub net_burst_seconds: Option<u64>,
+    /// The network cap in Mbit/s, "BASELINE[:MAXIMUM]", instead of the instance type's.
+    pub net_bandwidth: Option<String>,
 }
 
 /// A memory size as written in a config file: "4G" or a plain number of MiB.
@@ -183,6 +191,12 @@ pub enum ConfigError {
     /// Unknown instance type or generation.
     #[error("--instance-type: {0}")]
     InstanceType(String),
+    /// Network burst duration out of range.
+    #[error("--net-burst-seconds {0}: expected 0 to {MAX_EBS_BURST_SECONDS} seconds (0: no burst credits)")]
+    NetBurst(u64),
+    /// A malformed `--net-bandwidth`.
+    #[error("--net-bandwidth {0}: {1}")]
+    NetBandwidth(String, String),
     /// EBS burst duration out of range.
     #[error("--ebs-burst-seconds {0}: expected 0 to {MAX_EBS_BURST_SECONDS} seconds (EC2: 1800; 0: no burst credits)")]
     EbsBurst(u64),
@@ -270,6 +284,8 @@ impl RawConfig {
             ebs_burst_seconds: flags.ebs_burst_seconds.or(self.ebs_burst_seconds),
             disks: flags.disks.or(self.disks),
             nets: flags.nets.or(self.nets),
+            net_burst_seconds: flags.net_burst_seconds.or(self.net_burst_seconds),
+            net_bandwidth: flags.net_bandwidth.or(self.net_bandwidth),
         }
     }
 
@@ -364,10 +380,29 @@ impl RawConfig {
                     .map_err(|why| ConfigError::Net(spec.clone(), why))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let net_burst = match self.net_burst_seconds {
+            None => crate::net::NET_BURST_DURATION,
+            Some(s) if s <= MAX_EBS_BURST_SECONDS => Duration::from_secs(s),
+            Some(s) => return Err(ConfigError::NetBurst(s)),
+        };
+        let net_cap = match &self.net_bandwidth {
+            None => instance.network,
+            Some(text) => {
+                let cap = crate::net::parse_bandwidth(text)
+                    .map_err(|why| ConfigError::NetBandwidth(text.clone(), why))?;
+                log::warn!(
+                    "--net-bandwidth {text} overrides the network cap of {}",
+                    instance.name
+                );
+                cap
+            }
+        };
         // -- end virtio-net --
         Ok(VmConfig {
             disks,
             nets,
+            net_cap,
+            net_burst,
             ebs_burst,
             kernel,
             volumes,
@@ -486,6 +521,41 @@ mod tests {
     }
 
     // -- EBS rate limits (issue 5) --
+    #[test]
+    fn net_burst_seconds_and_bandwidth() {
+        let c = raw("k").validate().unwrap();
+        assert_eq!(c.net_burst, crate::net::NET_BURST_DURATION);
+        assert_eq!(c.net_cap, c.instance.network);
+        let with = |burst, bandwidth: Option<&str>| {
+            RawConfig {
+                net_burst_seconds: burst,
+                net_bandwidth: bandwidth.map(String::from),
+                ..raw("k")
+            }
+            .validate()
+        };
+        let c = with(Some(3), Some("750:2400")).unwrap();
+        assert_eq!(c.net_burst, Duration::from_secs(3));
+        assert_eq!(
+            (c.net_cap.baseline_mbps, c.net_cap.maximum_mbps),
+            (750, 2400)
+        );
+        assert_eq!(
+            with(Some(u64::MAX), None).unwrap_err(),
+            ConfigError::NetBurst(u64::MAX)
+        );
+        assert!(matches!(
+            with(None, Some("9:1")),
+            Err(ConfigError::NetBandwidth(_, _))
+        ));
+        let json: RawConfig = serde_json::from_str(
+            r#"{"kernel": "k", "net_burst_seconds": 10, "net_bandwidth": "100:200"}"#,
+        )
+        .unwrap();
+        assert_eq!(json.net_burst_seconds, Some(10));
+        assert_eq!(json.net_bandwidth.as_deref(), Some("100:200"));
+    }
+
     #[test]
     fn ebs_burst_seconds_and_volume_caps() {
         assert_eq!(

@@ -185,8 +185,13 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     }
     // -- end virtio-blk disks --
     // -- virtio-net (issue 4): one virtio-pci device per --net, after the disks --
+    let net_limits = if config.nets.is_empty() {
+        devices::virtio_net::NetRateLimits::default()
+    } else {
+        crate::net::instance_net_limits(&config.net_cap, config.net_burst)?
+    };
     for (index, net) in config.nets.iter().enumerate() {
-        attach_net(&pci, &mem, index, net)?;
+        attach_net(&pci, &mem, index, net, config.cpus, &net_limits)?;
     }
     // -- end virtio-net --
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -288,31 +293,44 @@ fn attach_disk(
 // -- end virtio-blk disks --
 
 // -- virtio-net (issue 4) --
-/// Opens the TAP `net` names and attaches a virtio-net device on it.
+/// Opens the TAP `net` names (one queue per queue pair) and attaches a virtio-net device on it.
 fn attach_net(
     pci: &PciSystem,
     mem: &GuestMemoryMmap,
     index: usize,
     net: &crate::net::NetConfig,
+    cpus: u32,
+    limits: &devices::virtio_net::NetRateLimits,
 ) -> anyhow::Result<()> {
     use devices::virtio::VirtioPciDevice;
     use devices::virtio_net::VirtioNet;
     let context = |e: &dyn std::fmt::Display| anyhow::anyhow!("--net tap={}: {e}", net.tap);
-    let tap = crate::net::open_tap(&net.tap).map_err(|e| context(&e))?;
+    let pairs = net.queue_pairs(cpus);
+    let taps = match crate::net::open_tap(&net.tap, pairs) {
+        // A single-queue TAP made by someone else refuses IFF_MULTI_QUEUE: without an explicit
+        // queues=, fall back to one pair rather than fail.
+        Err(e) if net.queues.is_none() && pairs > 1 => {
+            let taps = crate::net::open_tap(&net.tap, 1).map_err(|_| context(&e))?;
+            log::warn!("--net tap={}: {e}; using one queue pair", net.tap);
+            taps
+        }
+        opened => opened.map_err(|e| context(&e))?,
+    };
     let mac = net.mac();
-    // The device sets the TAP's offloads to what the guest's driver acknowledges.
-    let offload_fd = tap.try_clone().map_err(|e| context(&e))?;
-    let set_offload = Box::new(move |flags| crate::net::set_offload(&offload_fd, flags));
-    let device = VirtioPciDevice::new(
-        Box::new(VirtioNet::with_offloads(tap, mac, set_offload)),
-        mem.clone(),
-    )
-    .map_err(|e| context(&e))?;
+    // The device sets the TAP's offloads and attaches queues as the guest's driver asks.
+    let control = crate::net::TapQueues::new(&taps).map_err(|e| context(&e))?;
+    let pairs = taps.len();
+    let device = VirtioNet::new(taps, mac)
+        .map_err(|e| context(&e))?
+        .with_tap_control(Box::new(control))
+        .with_rate_limits(limits.clone());
+    let device = VirtioPciDevice::new(Box::new(device), mem.clone()).map_err(|e| context(&e))?;
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
     log::info!(
-        "TAP {} is virtio-net device {index} at PCI 00:{slot:02x}.0 (MAC {})",
+        "TAP {} is virtio-net device {index} at PCI 00:{slot:02x}.0 (MAC {}, {pairs} queue pair{})",
         net.tap,
-        crate::net::format_mac(&mac)
+        crate::net::format_mac(&mac),
+        if pairs == 1 { "" } else { "s" }
     );
     Ok(())
 }

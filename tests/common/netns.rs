@@ -1,13 +1,12 @@
-//! Network namespaces owned by one test: every network test creates its own namespace, puts the TAP
-//! in it and runs flint there (`ip netns exec`), so no frame ever leaves it. The guard deletes the
-//! namespace, also when the test fails.
+//! Network namespaces for the tests that run flint on a TAP: every frame stays inside a namespace
+//! the test creates (and deletes, also when it fails).
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::in_ci;
 
-pub fn tool_works(cmd: &str, args: &[&str]) -> bool {
+fn tool_works(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd)
         .args(args)
         .stdout(Stdio::null())
@@ -54,7 +53,7 @@ pub fn net_available() -> bool {
 
 /// A network namespace of this test, deleted on drop.
 pub struct NetNs {
-    name: String,
+    pub name: String,
 }
 
 impl NetNs {
@@ -115,5 +114,22 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+impl NetNs {
+    /// Runs flint with `args` inside the namespace (stdin closed, output captured) until it exits
+    /// or `timeout` passes.
+    pub fn run_flint(&self, args: &[&str], timeout: std::time::Duration) -> super::Run {
+        let started = std::time::Instant::now();
+        let child = self
+            .exec(super::flint_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start flint");
+        super::wait_with_timeout(child, timeout, started)
     }
 }
