@@ -274,7 +274,8 @@ fn attach_disk(
     config.read_only = disk.read_only;
     config.id = disk.id.clone();
     config.queues = disk.queues;
-    let blk = VirtioBlk::new(&config).map_err(|e| context(&e))?;
+    let mut blk = VirtioBlk::new(&config).map_err(|e| context(&e))?;
+    blk.set_rate_limiter(disk.limiter()?);
     let (sectors, id) = (blk.sectors(), blk.id());
     let device = VirtioPciDevice::new(Box::new(blk), mem.clone()).map_err(|e| context(&e))?;
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;

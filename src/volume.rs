@@ -46,7 +46,7 @@ pub const GP2_CREDITS: u64 = 5_400_000;
 const BUCKET_SLICE: f64 = 0.05;
 /// A bytes bucket holds at least this much (above the NVMe MDTS of 512 KiB, so a full-size
 /// transfer never goes into debt).
-const MIN_BYTES_CAPACITY: u64 = MIB;
+pub(crate) const MIN_BYTES_CAPACITY: u64 = MIB;
 
 /// An EBS volume type: which per-volume caps apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl VolumeCaps {
 }
 
 /// A bucket of [`BUCKET_SLICE`] worth of `rate`, at least `min`.
-fn capacity(rate: f64, min: u64) -> u64 {
+pub(crate) fn capacity(rate: f64, min: u64) -> u64 {
     // Rates here are at most a few GB/s: the product fits a u64 and the cast saturates anyway.
     ((rate * BUCKET_SLICE).ceil() as u64).max(min)
 }
