@@ -174,7 +174,7 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     // attached lives until `run` returns (dropping an NVMe device stops its worker thread).
     let pci = PciSystem::new(vm.clone(), &pio, &mmio, config.memory, pci_mmio64)?;
     // -- EBS rate limits (issue 5): the instance's EBS cap, shared by every volume --
-    let ebs = crate::volume::instance_ebs_limiter(&config.instance.ebs, config.ebs_burst)?;
+    let ebs = crate::volume::instance_ebs_limiter(&config.instance, config.ebs_burst)?;
     for (index, volume) in config.volumes.iter().enumerate() {
         attach_volume(&pci, &mem, index, volume, &ebs)?;
     }

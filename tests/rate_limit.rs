@@ -290,14 +290,15 @@ fn ebs_maximum_then_baseline_with_a_small_credit_balance() {
 }
 
 /// With no burst credits (`--ebs-burst-seconds 0`) a c5.large moves its EBS baseline, 650 Mbps =
-/// 81.25 MB/s, and no more (sequential writes, with either doorbell kind).
+/// 81.25 MB/s, and no more (sequential writes, with either doorbell kind), and completes its
+/// baseline 4,000 IOPS of random 4 KiB reads at queue depth 32 (unlimited: 6,000-8,000 here).
 #[test]
 fn ebs_baseline_without_burst_credits() {
     if !kvm_available() {
         return;
     }
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    // 1,400 writes of 128 KiB = 183.5 MB: 2.26 s at the baseline.
+    // 1,400 writes of 128 KiB = 183.5 MB: 2.26 s at the baseline; 11,200 reads at 4,000 IOPS: 2.8 s.
     let report = bench(
         "baseline",
         &["--instance-type", "c5.large", "--ebs-burst-seconds", "0"],
@@ -308,7 +309,19 @@ fn ebs_baseline_without_burst_credits() {
         let p = phase(&report, key);
         assert_rate(key, p, p.bytes_per_second(), C5_LARGE_BASELINE);
     }
+    for key in ["bench_randread_qd32", "bench_randread_qd32_shadow"] {
+        let p = phase(&report, key);
+        eprintln!(
+            "{key}: {:.0} IOPS over {:.2} s",
+            p.ops_per_second(),
+            p.seconds()
+        );
+        assert_rate(key, p, p.ops_per_second(), C5_LARGE_BASELINE_IOPS);
+    }
 }
+
+/// c5.large (launch figures): EBS baseline IOPS.
+const C5_LARGE_BASELINE_IOPS: f64 = 4000.0;
 
 /// A gp3 volume's own caps apply under a larger instance cap (c5.18xlarge: 9 Gbps): 4,000 IOPS for
 /// random 4 KiB reads at queue depth 32, 125 MiB/s for sequential 128 KiB writes.
