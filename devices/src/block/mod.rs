@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use rustix::fs::{FallocateFlags, FlockOperation};
 use vm_memory::{
@@ -114,10 +114,11 @@ const ZERO_CHUNK: usize = 1 << 20;
 #[derive(Debug)]
 pub struct BlockBackend {
     file: File,
-    /// Held while the file's own offset is in use ([`BlockIo::read_to_guest`] and
-    /// [`BlockIo::write_from_guest`] seek, then read or write): vm-memory moves data between guest
-    /// memory and a file only through `read`/`write` at the file offset, not `pread`/`pwrite`.
-    cursor: Mutex<()>,
+    /// The file's own offset, if known, and held while it is in use ([`BlockIo::read_to_guest`]
+    /// and [`BlockIo::write_from_guest`] seek, then read or write): vm-memory moves data between
+    /// guest memory and a file only through `read`/`write` at the file offset, not
+    /// `pread`/`pwrite`. Knowing it saves the seek when requests follow each other.
+    cursor: Mutex<Option<u64>>,
     path: PathBuf,
     read_only: bool,
     size: u64,
@@ -160,7 +161,7 @@ impl BlockBackend {
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
         Ok(Self {
             file,
-            cursor: Mutex::new(()),
+            cursor: Mutex::new(None),
             path: path.to_path_buf(),
             read_only,
             size,
@@ -183,12 +184,29 @@ impl BlockBackend {
         }
     }
 
-    /// Locks the file offset and moves it to `offset`.
-    fn seek_to(&self, offset: u64) -> io::Result<MutexGuard<'_, ()>> {
-        // The guard protects no data, only the offset: a panic elsewhere cannot corrupt it.
-        let guard = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
-        (&self.file).seek(SeekFrom::Start(offset))?;
-        Ok(guard)
+    /// Locks the file offset, moves it to `offset` (unless it is there), and runs `io`, which moves
+    /// `len` bytes from there.
+    fn at_offset(
+        &self,
+        offset: u64,
+        len: usize,
+        io: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        // A panic while the lock was held may have left the offset anywhere: forget it.
+        let mut cursor = self.cursor.lock().unwrap_or_else(|p| {
+            let mut guard = p.into_inner();
+            *guard = None;
+            guard
+        });
+        if *cursor != Some(offset) {
+            *cursor = None;
+            (&self.file).seek(SeekFrom::Start(offset))?;
+        }
+        // After a failure (a short transfer, say) the offset is unknown.
+        *cursor = None;
+        io()?;
+        *cursor = offset.checked_add(len as u64);
+        Ok(())
     }
 
     fn zero_by_writing(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -263,20 +281,21 @@ impl BlockIo for BlockBackend {
         offset: u64,
     ) -> io::Result<()> {
         check_in_ram(mem, addr, len, Permissions::Write)?;
-        let _cursor = self.seek_to(offset)?;
-        let mut done = 0;
-        // One slice per guest memory region the range touches.
-        for slice in GuestMemory::get_slices(mem, addr, len, Permissions::Write)
-            .map_err(guest_memory_error)?
-        {
-            let mut slice = slice.map_err(guest_memory_error)?;
-            // Loops over short reads; end of file is an error, not a short read.
-            (&self.file)
-                .read_exact_volatile(&mut slice)
-                .map_err(volatile_error)?;
-            done += slice.len();
-        }
-        check_complete(done, len)
+        self.at_offset(offset, len, || {
+            let mut done = 0;
+            // One slice per guest memory region the range touches.
+            for slice in GuestMemory::get_slices(mem, addr, len, Permissions::Write)
+                .map_err(guest_memory_error)?
+            {
+                let mut slice = slice.map_err(guest_memory_error)?;
+                // Loops over short reads; end of file is an error, not a short read.
+                (&self.file)
+                    .read_exact_volatile(&mut slice)
+                    .map_err(volatile_error)?;
+                done += slice.len();
+            }
+            check_complete(done, len)
+        })
     }
 
     /// `write(2)` to the file straight from guest memory.
@@ -289,18 +308,19 @@ impl BlockIo for BlockBackend {
     ) -> io::Result<()> {
         self.check_writable()?;
         check_in_ram(mem, addr, len, Permissions::Read)?;
-        let _cursor = self.seek_to(offset)?;
-        let mut done = 0;
-        for slice in GuestMemory::get_slices(mem, addr, len, Permissions::Read)
-            .map_err(guest_memory_error)?
-        {
-            let slice = slice.map_err(guest_memory_error)?;
-            (&self.file)
-                .write_all_volatile(&slice)
-                .map_err(volatile_error)?;
-            done += slice.len();
-        }
-        check_complete(done, len)
+        self.at_offset(offset, len, || {
+            let mut done = 0;
+            for slice in GuestMemory::get_slices(mem, addr, len, Permissions::Read)
+                .map_err(guest_memory_error)?
+            {
+                let slice = slice.map_err(guest_memory_error)?;
+                (&self.file)
+                    .write_all_volatile(&slice)
+                    .map_err(volatile_error)?;
+                done += slice.len();
+            }
+            check_complete(done, len)
+        })
     }
 }
 
@@ -456,10 +476,28 @@ mod tests {
         let mut first = [0u8; 512];
         mem.read_slice(&mut first, GuestAddress(0)).unwrap();
         assert_eq!(first[..], content[..512]);
-        // Past the end of the file: an error, not a short read.
+        // Back to back (the file offset is reused, no seek) and after a positional write.
+        for (i, offset) in [4096u64, 4096 + 512, 8192 + 512, 8192 + 1024]
+            .iter()
+            .enumerate()
+        {
+            let at = GuestAddress(0x10_0000 - 0x1000 * (i as u64 + 1));
+            b.read_to_guest(&mem, at, 512, *offset).unwrap();
+            let mut got = [0u8; 512];
+            mem.read_slice(&mut got, at).unwrap();
+            let mut want = [0u8; 512];
+            b.read_at(&mut want, *offset).unwrap();
+            assert_eq!(got, want, "offset {offset}");
+        }
+        // Past the end of the file: an error, not a short read; the next read finds its place.
         assert!(b
             .read_to_guest(&mem, GuestAddress(0), 8192, (1 << 20) - 4096)
             .is_err());
+        b.read_to_guest(&mem, GuestAddress(0), 512, (1 << 20) - 512)
+            .unwrap();
+        let mut tail = [0u8; 512];
+        mem.read_slice(&mut tail, GuestAddress(0)).unwrap();
+        assert_eq!(tail[..], content[(1 << 20) - 512..]);
         // Guest ranges that leave RAM (into the hole, past the end, wrapping) fail before or
         // during the I/O, and never touch anything outside guest RAM.
         for (addr, len) in [
