@@ -612,7 +612,9 @@ static void check_reset(void)
  *   randread_qd32   the same with 32 outstanding
  *
  * bench_seq_ops=N requests per sequential phase (default 2048), bench_ops=N per random phase
- * (default 10000), bench_phases=a+b+... runs only the named phases. Each prints
+ * (default 10000), bench_phases=a+b+... runs only the named phases, bench_gap_ms=N (default 0)
+ * idles that long after each phase's line (so a host-side sampler of the VMM's CPU time sees each
+ * phase apart). Each prints
  *   PROBE-INFO bench_<phase>=ops=N bytes=N us=N iops=N mbps=N errors=N qd=N xfer=N notifies=N
  * (us from the TSC; mbps is decimal MB/s) and PROBE bench_no_errors checks every status.
  */
@@ -749,6 +751,9 @@ static bool bench_run(const char *name, uint32_t type, uint32_t xfer, uint32_t q
 		   bytes, us, udiv64((uint64_t)completed * 1000000u, us, NULL), udiv64(bytes, us, NULL), errs, qd, xfer,
 		   notifies, stalled ? " stalled" : "");
 	*errors += errs;
+	uint32_t gap_ms = 0;
+	if (cmdline_get_u32("bench_gap_ms", &gap_ms) && gap_ms)
+		delay_ms(gap_ms);
 	return !stalled;
 }
 
