@@ -606,7 +606,8 @@ static void check_reset(void)
  * request the probe writes only the sector, the status byte and the available ring, and notifies
  * only when avail_event says the device is waiting (as Linux's virtio_ring does). Phases:
  *
- *   seqread         bench_xfer_kib (default 1024) reads, one at a time, over the whole disk
+ *   seqread         bench_xfer_kib (default 1024) reads, bench_seq_qd (default 1) at a time, over the
+ *                   whole disk
  *   seqwrite        the same, writes (the data is whatever is in the buffer)
  *   randread_qd1    4 KiB reads at random 4 KiB-aligned offsets, one at a time
  *   randread_qd32   the same with 32 outstanding
@@ -772,8 +773,9 @@ static bool bench_wanted(const char *phase)
 
 static void bench_main(void)
 {
-	uint32_t xfer_kib = 1024, seq_ops = 2048, ops = 10000, errors = 0;
+	uint32_t xfer_kib = 1024, seq_ops = 2048, ops = 10000, errors = 0, seq_qd = 1;
 	cmdline_get_u32("bench_xfer_kib", &xfer_kib);
+	cmdline_get_u32("bench_seq_qd", &seq_qd);
 	cmdline_get_u32("bench_seq_ops", &seq_ops);
 	cmdline_get_u32("bench_ops", &ops);
 	uint32_t xfer = xfer_kib * 1024u;
@@ -789,11 +791,13 @@ static void bench_main(void)
 	uint64_t disk = v.sectors * 512;
 	probe_info("bench_disk", "bytes=%llu features=0x%llx", disk, v.features);
 	if (!probe_check("bench_params",
-		   xfer_kib && xfer % 512 == 0 && xfer <= BENCH_MAX_XFER && disk >= (uint64_t)xfer * 2 && disk >= 8192,
-		   "bench_xfer_kib=%u (a multiple of 0.5, at most %u) on a disk of %llu bytes", xfer_kib,
-		   BENCH_MAX_XFER / 1024, disk))
+		   xfer_kib && xfer % 512 == 0 && xfer <= BENCH_MAX_XFER && disk >= (uint64_t)xfer * 2 && disk >= 8192 &&
+			   seq_qd >= 1 && seq_qd <= 16,
+		   "bench_xfer_kib=%u (a multiple of 0.5, at most %u) bench_seq_qd=%u (1..16) on a disk of %llu bytes",
+		   xfer_kib, BENCH_MAX_XFER / 1024, seq_qd, disk))
 		return;
-	uint32_t need = (uint32_t)(BENCH_BUF - BENCH_BASE) + (xfer > BENCH_MAX_QD * 4096u ? xfer : BENCH_MAX_QD * 4096u);
+	uint32_t bufs = seq_qd * xfer > BENCH_MAX_QD * 4096u ? seq_qd * xfer : BENCH_MAX_QD * 4096u;
+	uint32_t need = (uint32_t)(BENCH_BUF - BENCH_BASE) + bufs;
 	if (!probe_check("bench_memory", memmap_is_ram(BENCH_BASE, need), "0x%x+0x%x is not RAM", BENCH_BASE, need))
 		return;
 	c_write16(C_Q_SELECT, 0);
@@ -805,9 +809,9 @@ static void bench_main(void)
 		return;
 	bool ok = true;
 	if (ok && bench_wanted("seqread"))
-		ok = bench_run("seqread", T_IN, xfer, 1, false, seq_ops, &errors);
+		ok = bench_run("seqread", T_IN, xfer, seq_qd, false, seq_ops, &errors);
 	if (ok && bench_wanted("seqwrite") && !v.readonly)
-		ok = bench_run("seqwrite", T_OUT, xfer, 1, false, seq_ops, &errors);
+		ok = bench_run("seqwrite", T_OUT, xfer, seq_qd, false, seq_ops, &errors);
 	if (ok && bench_wanted("randread_qd1"))
 		ok = bench_run("randread_qd1", T_IN, 4096, 1, true, ops, &errors);
 	if (ok && bench_wanted("randread_qd32"))
