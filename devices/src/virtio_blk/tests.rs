@@ -761,6 +761,10 @@ impl Driver {
     }
 
     fn with_limiter(read_only: bool, limiter: Option<LimiterChain>) -> Self {
+        Self::with_queues(read_only, limiter, 1)
+    }
+
+    fn with_queues(read_only: bool, limiter: Option<LimiterChain>, queues: u16) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
         let shared = Arc::new(MemDisk {
             data: Mutex::new(pattern((SECTORS * SECTOR_SIZE) as usize, 1)),
@@ -769,6 +773,7 @@ impl Driver {
         });
         let mut cfg = VirtioBlkConfig::new("/mem/disk");
         cfg.id = Some("drv".into());
+        cfg.queues = queues;
         let mut blk = VirtioBlk::with_backend(&cfg, Box::new(Shared(shared.clone()))).unwrap();
         blk.set_rate_limiter(limiter);
         let stats = blk.throttle_stats_handle();
@@ -1247,4 +1252,103 @@ fn bytes_limit_and_unlimited_requests() {
     assert_eq!(d.ring.used_idx(), 0, "the bucket survived the reset");
     clock.advance(Duration::from_millis(125));
     d.wait_used(1);
+}
+
+/// Two queues behind one limiter take turns: at 10 IOPS (a bucket of one) with three reads waiting
+/// on each queue, the full bucket admits the first read of the first queue served, whose second read
+/// is then the first one refused; after that every 100 ms of clock admits one read, starting with the
+/// refused one and alternating between the queues while both have work, so neither waits for the
+/// other to drain.
+#[test]
+fn held_queues_take_turns() {
+    let clock = ManualClock::new();
+    let mut d = Driver::with_queues(false, Some(manual_limiter(&clock, Some(10.0), None)), 2);
+    // The driver's initialisation with both queues (queue 1's ring at 0x3000).
+    let mut second = TestRing::new(&d.mem, 0x3000, 16);
+    {
+        let dev = &mut d.dev;
+        for status in [0u64, 1, 3] {
+            bar_w(dev, offsets::DEVICE_STATUS, 1, status);
+        }
+        bar_w(dev, offsets::DRIVER_FEATURE_SELECT, 4, 0);
+        bar_w(
+            dev,
+            offsets::DRIVER_FEATURE,
+            4,
+            1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_MQ,
+        );
+        bar_w(dev, offsets::DRIVER_FEATURE_SELECT, 4, 1);
+        bar_w(dev, offsets::DRIVER_FEATURE, 4, 1);
+        bar_w(dev, offsets::DEVICE_STATUS, 1, 0xb);
+        for (q, ring) in [(0u64, &d.ring), (1, &second)] {
+            bar_w(dev, offsets::QUEUE_SELECT, 2, q);
+            bar_w(dev, offsets::QUEUE_SIZE, 2, 16);
+            bar_w(dev, offsets::QUEUE_DESC, 8, ring.desc);
+            bar_w(dev, offsets::QUEUE_DRIVER, 8, ring.avail);
+            bar_w(dev, offsets::QUEUE_DEVICE, 8, ring.used);
+            bar_w(dev, offsets::QUEUE_MSIX_VECTOR, 2, 1);
+            bar_w(dev, offsets::QUEUE_ENABLE, 2, 1);
+        }
+        bar_w(dev, offsets::DEVICE_STATUS, 1, 0xf);
+        assert_eq!(bar_r(dev, offsets::DEVICE_STATUS, 1), 0xf);
+    }
+    for (q, ring) in [(0u64, &mut d.ring), (1, &mut second)] {
+        for i in 0..3u64 {
+            let n = 3 * q + i;
+            let hdr = HDR + 0x100 * n;
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+            d.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+            let head = ring.chain(
+                3 * i as u16,
+                &[
+                    (hdr, 16, 0),
+                    (DATA + 0x1000 * n, 512, F_WRITE),
+                    (STATUS + n, 1, F_WRITE),
+                ],
+            );
+            ring.publish(head);
+        }
+    }
+    bar_w(&mut d.dev, NOTIFY_OFFSET, 2, 0);
+    bar_w(&mut d.dev, NOTIFY_OFFSET + 4, 2, 1);
+    let used = |d: &Driver, second: &TestRing| (d.ring.used_idx(), second.used_idx());
+    let wait_total = |d: &Driver, second: &TestRing, total: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (a, b) = used(d, second);
+            if a + b >= total {
+                return (a, b);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stuck at {a} + {b}, want {total}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let mut order = vec![wait_total(&d, &second, 1)];
+    for total in 2..=6u16 {
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            used(&d, &second),
+            *order.last().unwrap(),
+            "one token, one read"
+        );
+        clock.advance(Duration::from_millis(100));
+        order.push(wait_total(&d, &second, total));
+    }
+    // Which queue completed at each step (from nothing completed).
+    order.insert(0, (0, 0));
+    let winners: Vec<usize> = order
+        .windows(2)
+        .map(|w| if w[1].0 > w[0].0 { 0 } else { 1 })
+        .collect();
+    // The first queue served gets the full bucket's read and then leads with its refused one; the
+    // next four alternate; the last is whatever is left.
+    assert_eq!(winners[0], winners[1], "{order:?}");
+    for pair in winners[1..5].windows(2) {
+        assert_ne!(pair[0], pair[1], "a queue went twice in a row: {order:?}");
+    }
+    assert_eq!(*order.last().unwrap(), (3, 3));
 }
