@@ -59,6 +59,34 @@ impl Bandwidth {
     }
 }
 
+/// An EBS IOPS cap: the operations per second always available, and the rate allowed while burst
+/// credits last (equal when the type does not burst). EC2 states them for 16 KiB I/Os.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Iops {
+    /// Sustained I/O operations per second.
+    pub baseline: u64,
+    /// Burst I/O operations per second.
+    pub maximum: u64,
+}
+
+impl Iops {
+    const fn flat(iops: u64) -> Self {
+        Self {
+            baseline: iops,
+            maximum: iops,
+        }
+    }
+
+    const fn up_to(baseline: u64, maximum: u64) -> Self {
+        Self { baseline, maximum }
+    }
+
+    /// Whether the type bursts above its baseline.
+    pub fn bursts(&self) -> bool {
+        self.maximum > self.baseline
+    }
+}
+
 /// One instance type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InstanceType {
@@ -70,6 +98,8 @@ pub struct InstanceType {
     pub memory_gib: u64,
     /// EBS bandwidth, shared by all of the instance's volumes.
     pub ebs: Bandwidth,
+    /// EBS IOPS, shared by all of the instance's volumes.
+    pub ebs_iops: Iops,
     /// Network bandwidth, per direction.
     pub network: Bandwidth,
 }
@@ -85,13 +115,15 @@ impl InstanceType {
 pub const DEFAULT_INSTANCE_TYPE: &str = "c5.large";
 
 /// The C5 family. Launch figures: the November 2017 launch table; EBS and network baselines of the
-/// "up to" sizes from EC2's documentation (docs/instance-types.md).
+/// "up to" sizes from EC2's documentation; EBS IOPS from the EBS-optimized table of that time
+/// (docs/instance-types.md).
 const C5_LAUNCH: [InstanceType; 6] = [
     InstanceType {
         name: "c5.large",
         vcpus: 2,
         memory_gib: 4,
         ebs: Bandwidth::up_to(650, 2250),
+        ebs_iops: Iops::up_to(4_000, 16_000),
         network: Bandwidth::up_to(750, 10_000),
     },
     InstanceType {
@@ -99,6 +131,7 @@ const C5_LAUNCH: [InstanceType; 6] = [
         vcpus: 4,
         memory_gib: 8,
         ebs: Bandwidth::up_to(1150, 2250),
+        ebs_iops: Iops::up_to(6_000, 16_000),
         network: Bandwidth::up_to(1250, 10_000),
     },
     InstanceType {
@@ -106,6 +139,7 @@ const C5_LAUNCH: [InstanceType; 6] = [
         vcpus: 8,
         memory_gib: 16,
         ebs: Bandwidth::up_to(2300, 2250),
+        ebs_iops: Iops::up_to(8_000, 16_000),
         network: Bandwidth::up_to(2500, 10_000),
     },
     InstanceType {
@@ -113,6 +147,7 @@ const C5_LAUNCH: [InstanceType; 6] = [
         vcpus: 16,
         memory_gib: 32,
         ebs: Bandwidth::flat(2250),
+        ebs_iops: Iops::flat(16_000),
         network: Bandwidth::up_to(5000, 10_000),
     },
     InstanceType {
@@ -120,6 +155,7 @@ const C5_LAUNCH: [InstanceType; 6] = [
         vcpus: 36,
         memory_gib: 72,
         ebs: Bandwidth::flat(4500),
+        ebs_iops: Iops::flat(32_000),
         network: Bandwidth::flat(10_000),
     },
     InstanceType {
@@ -127,36 +163,47 @@ const C5_LAUNCH: [InstanceType; 6] = [
         vcpus: 72,
         memory_gib: 144,
         ebs: Bandwidth::flat(9000),
+        ebs_iops: Iops::flat(64_000),
         network: Bandwidth::flat(25_000),
     },
 ];
 
-/// How today's figures differ from the launch table: (name, EBS, network).
-const C5_CURRENT_CHANGES: [(&str, Bandwidth, Bandwidth); 6] = [
+/// How today's figures differ from the launch table: (name, EBS, EBS IOPS, network).
+const C5_CURRENT_CHANGES: [(&str, Bandwidth, Iops, Bandwidth); 6] = [
     (
         "c5.large",
         Bandwidth::up_to(650, 4750),
+        Iops::up_to(4_000, 20_000),
         Bandwidth::up_to(750, 10_000),
     ),
     (
         "c5.xlarge",
         Bandwidth::up_to(1150, 4750),
+        Iops::up_to(6_000, 20_000),
         Bandwidth::up_to(1250, 10_000),
     ),
     (
         "c5.2xlarge",
         Bandwidth::up_to(2300, 4750),
+        Iops::up_to(10_000, 20_000),
         Bandwidth::up_to(2500, 10_000),
     ),
     (
         "c5.4xlarge",
         Bandwidth::flat(4750),
+        Iops::flat(20_000),
         Bandwidth::up_to(5000, 10_000),
     ),
-    ("c5.9xlarge", Bandwidth::flat(9500), Bandwidth::flat(12_000)),
+    (
+        "c5.9xlarge",
+        Bandwidth::flat(9500),
+        Iops::flat(40_000),
+        Bandwidth::flat(12_000),
+    ),
     (
         "c5.18xlarge",
         Bandwidth::flat(19_000),
+        Iops::flat(80_000),
         Bandwidth::flat(25_000),
     ),
 ];
@@ -168,11 +215,12 @@ pub fn instance_types(generation: Generation) -> Vec<InstanceType> {
         .map(|base| {
             let mut t = *base;
             if generation == Generation::Current {
-                if let Some((_, ebs, network)) = C5_CURRENT_CHANGES
+                if let Some((_, ebs, ebs_iops, network)) = C5_CURRENT_CHANGES
                     .iter()
-                    .find(|(name, _, _)| *name == t.name)
+                    .find(|(name, _, _, _)| *name == t.name)
                 {
                     t.ebs = *ebs;
+                    t.ebs_iops = *ebs_iops;
                     t.network = *network;
                 }
             }
@@ -213,18 +261,28 @@ pub fn table(generation: Generation) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>5} {:>8} {:>13} {:>13} {:>13} {:>13}",
-        "NAME", "VCPUS", "MEMORY", "EBS BASELINE", "EBS MAX", "NET BASELINE", "NET MAX"
+        "{:<12} {:>5} {:>8} {:>13} {:>13} {:>10} {:>10} {:>13} {:>13}",
+        "NAME",
+        "VCPUS",
+        "MEMORY",
+        "EBS BASELINE",
+        "EBS MAX",
+        "EBS IOPS",
+        "IOPS MAX",
+        "NET BASELINE",
+        "NET MAX"
     );
     for t in instance_types(generation) {
         let _ = writeln!(
             out,
-            "{:<12} {:>5} {:>8} {:>13} {:>13} {:>13} {:>13}",
+            "{:<12} {:>5} {:>8} {:>13} {:>13} {:>10} {:>10} {:>13} {:>13}",
             t.name,
             t.vcpus,
             format!("{} GiB", t.memory_gib),
             format_mbps(t.ebs.baseline_mbps),
             format_mbps(t.ebs.maximum_mbps),
+            t.ebs_iops.baseline,
+            t.ebs_iops.maximum,
             format_mbps(t.network.baseline_mbps),
             format_mbps(t.network.maximum_mbps),
         );
@@ -242,14 +300,33 @@ mod tests {
         assert_eq!((t.vcpus, t.memory_gib), (2, 4));
         assert_eq!(t.ebs, Bandwidth::up_to(650, 2250));
         assert_eq!(t.network, Bandwidth::up_to(750, 10_000));
+        assert_eq!(t.ebs_iops, Iops::up_to(4_000, 16_000));
         let big = find_instance_type("c5.18xlarge", Generation::Launch).unwrap();
         assert_eq!((big.vcpus, big.memory_bytes()), (72, 144 << 30));
         assert_eq!(big.ebs, Bandwidth::flat(9000));
+        assert_eq!(big.ebs_iops, Iops::flat(64_000));
+        // The launch-era EBS-optimized table (docs/instance-types.md): baseline and maximum IOPS.
+        let iops: Vec<(u64, u64)> = instance_types(Generation::Launch)
+            .iter()
+            .map(|t| (t.ebs_iops.baseline, t.ebs_iops.maximum))
+            .collect();
+        assert_eq!(
+            iops,
+            [
+                (4_000, 16_000),
+                (6_000, 16_000),
+                (8_000, 16_000),
+                (16_000, 16_000),
+                (32_000, 32_000),
+                (64_000, 64_000)
+            ]
+        );
         assert!(!big.network.bursts());
         // No profile's burst rate is below its baseline.
         for g in [Generation::Launch, Generation::Current] {
             for t in instance_types(g) {
                 assert!(t.ebs.maximum_mbps >= t.ebs.baseline_mbps, "{t:?}");
+                assert!(t.ebs_iops.maximum >= t.ebs_iops.baseline, "{t:?}");
                 assert!(t.network.maximum_mbps >= t.network.baseline_mbps, "{t:?}");
             }
         }
@@ -261,6 +338,22 @@ mod tests {
         assert_eq!(t.ebs, Bandwidth::up_to(1150, 4750));
         let t = find_instance_type("c5.9xlarge", Generation::Current).unwrap();
         assert_eq!((t.ebs.maximum_mbps, t.network.maximum_mbps), (9500, 12_000));
+        // Today's EBS-optimized tables: baseline IOPS of the "up to" sizes, maximum IOPS of all.
+        let iops: Vec<(u64, u64)> = instance_types(Generation::Current)
+            .iter()
+            .map(|t| (t.ebs_iops.baseline, t.ebs_iops.maximum))
+            .collect();
+        assert_eq!(
+            iops,
+            [
+                (4_000, 20_000),
+                (6_000, 20_000),
+                (10_000, 20_000),
+                (20_000, 20_000),
+                (40_000, 40_000),
+                (80_000, 80_000)
+            ]
+        );
         assert_eq!(instance_types(Generation::Current).len(), 6);
     }
 
@@ -280,5 +373,17 @@ mod tests {
         assert!(
             text.contains("c5.9xlarge") && text.contains("4.50 Gbps") && text.contains("750 Mbps")
         );
+        assert!(text.lines().next().unwrap().contains("EBS IOPS"));
+        let large = text.lines().find(|l| l.starts_with("c5.large")).unwrap();
+        assert!(
+            large.contains(" 4000 ") && large.contains(" 16000 "),
+            "{large}"
+        );
+        let current = table(Generation::Current);
+        let big = current
+            .lines()
+            .find(|l| l.starts_with("c5.18xlarge"))
+            .unwrap();
+        assert!(big.contains(" 80000 "), "{big}");
     }
 }

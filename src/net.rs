@@ -70,7 +70,10 @@ pub fn instance_net_limits(
     } else {
         log::info!("network cap: {} Mbps each way", cap.baseline_mbps);
     }
-    let config = crate::volume::instance_ebs_config(cap, burst);
+    let config = devices::rate_limiter::RateLimiterConfig {
+        bytes: Some(crate::volume::bandwidth_bucket(cap, burst)),
+        ops: None,
+    };
     let limiter = || {
         devices::rate_limiter::SharedRateLimiter::new(&config)
             .map_err(|e| anyhow::anyhow!("the instance's network cap: {e}"))

@@ -174,7 +174,7 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     // attached lives until `run` returns (dropping an NVMe device stops its worker thread).
     let pci = PciSystem::new(vm.clone(), &pio, &mmio, config.memory, pci_mmio64)?;
     // -- EBS rate limits (issue 5): the instance's EBS cap, shared by every volume --
-    let ebs = crate::volume::instance_ebs_limiter(&config.instance.ebs, config.ebs_burst)?;
+    let ebs = crate::volume::instance_ebs_limiter(&config.instance, config.ebs_burst)?;
     for (index, volume) in config.volumes.iter().enumerate() {
         attach_volume(&pci, &mem, index, volume, &ebs)?;
     }
@@ -279,7 +279,8 @@ fn attach_disk(
     config.read_only = disk.read_only;
     config.id = disk.id.clone();
     config.queues = disk.queues;
-    let blk = VirtioBlk::new(&config).map_err(|e| context(&e))?;
+    let mut blk = VirtioBlk::new(&config).map_err(|e| context(&e))?;
+    blk.set_rate_limiter(disk.limiter()?);
     let (sectors, id) = (blk.sectors(), blk.id());
     let device = VirtioPciDevice::new(Box::new(blk), mem.clone()).map_err(|e| context(&e))?;
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;

@@ -13,7 +13,7 @@ use devices::rate_limiter::{
     BucketConfig, LimiterChain, RateLimiter, RateLimiterConfig, SharedRateLimiter,
 };
 
-use crate::instance::Bandwidth;
+use crate::instance::{Bandwidth, InstanceType};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -46,7 +46,7 @@ pub const GP2_CREDITS: u64 = 5_400_000;
 const BUCKET_SLICE: f64 = 0.05;
 /// A bytes bucket holds at least this much (above the NVMe MDTS of 512 KiB, so a full-size
 /// transfer never goes into debt).
-const MIN_BYTES_CAPACITY: u64 = MIB;
+pub(crate) const MIN_BYTES_CAPACITY: u64 = MIB;
 
 /// An EBS volume type: which per-volume caps apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl VolumeCaps {
 }
 
 /// A bucket of [`BUCKET_SLICE`] worth of `rate`, at least `min`.
-fn capacity(rate: f64, min: u64) -> u64 {
+pub(crate) fn capacity(rate: f64, min: u64) -> u64 {
     // Rates here are at most a few GB/s: the product fits a u64 and the cast saturates anyway.
     ((rate * BUCKET_SLICE).ceil() as u64).max(min)
 }
@@ -348,45 +348,84 @@ impl std::str::FromStr for VolumeConfig {
     }
 }
 
-/// The instance's EBS cap, shared by all its volumes: bytes per second from the instance type's
-/// EBS bandwidth (Mbit/s, decimal: 650 Mbps = 81.25 MB/s). An "up to" type gets burst credits for
+/// The instance's EBS caps, shared by all its volumes: bytes per second from the instance type's
+/// EBS bandwidth (Mbit/s, decimal: 650 Mbps = 81.25 MB/s) and operations per second from its EBS
+/// IOPS (one operation per command, whatever its size). An "up to" figure gets burst credits for
 /// `burst` at the maximum (EC2: 30 minutes; zero: no credits, the baseline from the start); a flat
-/// one its rate.
-pub fn instance_ebs_config(ebs: &Bandwidth, burst: Duration) -> RateLimiterConfig {
-    let bytes_per_s = |mbps: u64| mbps as f64 * 125_000.0;
-    let (baseline, maximum) = (
-        bytes_per_s(ebs.baseline_mbps),
-        bytes_per_s(ebs.maximum_mbps),
-    );
-    let bucket = if ebs.bursts() && !burst.is_zero() {
-        BucketConfig::burstable(
-            baseline,
-            maximum,
-            burst,
-            capacity(maximum, MIN_BYTES_CAPACITY),
-        )
-    } else {
-        BucketConfig::fixed(baseline, capacity(baseline, MIN_BYTES_CAPACITY))
-    };
+/// one its rate. Each bucket holds 50 ms of its top rate (the bytes one at least 1 MiB).
+pub fn instance_ebs_config(instance: &InstanceType, burst: Duration) -> RateLimiterConfig {
+    let iops = &instance.ebs_iops;
     RateLimiterConfig {
-        bytes: Some(bucket),
-        ops: None,
+        bytes: Some(bandwidth_bucket(&instance.ebs, burst)),
+        ops: Some(burstable_bucket(
+            iops.baseline as f64,
+            iops.maximum as f64,
+            burst,
+            1,
+        )),
+    }
+}
+
+/// A bytes-per-second bucket for a bandwidth in Mbit/s (decimal: 650 Mbps = 81.25 MB/s), with burst
+/// credits for `burst` at the maximum when the figure is "up to"; used for the instance's EBS and
+/// network caps alike.
+pub fn bandwidth_bucket(cap: &Bandwidth, burst: Duration) -> BucketConfig {
+    let bytes_per_s = |mbps: u64| mbps as f64 * 125_000.0;
+    burstable_bucket(
+        bytes_per_s(cap.baseline_mbps),
+        bytes_per_s(cap.maximum_mbps),
+        burst,
+        MIN_BYTES_CAPACITY,
+    )
+}
+
+/// A bucket at `baseline` that may run at `maximum` while burst credits for `burst` last (none when
+/// `burst` is zero or the two are equal), holding 50 ms of its top rate and at least `min_capacity`.
+fn burstable_bucket(
+    baseline: f64,
+    maximum: f64,
+    burst: Duration,
+    min_capacity: u64,
+) -> BucketConfig {
+    if maximum > baseline && !burst.is_zero() {
+        BucketConfig::burstable(baseline, maximum, burst, capacity(maximum, min_capacity))
+    } else {
+        BucketConfig::fixed(baseline, capacity(baseline, min_capacity))
     }
 }
 
 /// The instance's shared EBS limiter ([`instance_ebs_config`]).
-pub fn instance_ebs_limiter(ebs: &Bandwidth, burst: Duration) -> anyhow::Result<SharedRateLimiter> {
-    if ebs.bursts() && !burst.is_zero() {
-        log::info!(
-            "EBS cap: {} Mbps, up to {} Mbps for {} s of burst credits",
-            ebs.baseline_mbps,
-            ebs.maximum_mbps,
-            burst.as_secs()
-        );
+pub fn instance_ebs_limiter(
+    instance: &InstanceType,
+    burst: Duration,
+) -> anyhow::Result<SharedRateLimiter> {
+    let (ebs, iops) = (&instance.ebs, &instance.ebs_iops);
+    let credits = if burst.is_zero() {
+        String::new()
     } else {
-        log::info!("EBS cap: {} Mbps", ebs.baseline_mbps);
-    }
-    SharedRateLimiter::new(&instance_ebs_config(ebs, burst))
+        format!(" ({} s of burst credits)", burst.as_secs())
+    };
+    log::info!(
+        "EBS caps: {} Mbps{}, {} IOPS{}{}",
+        ebs.baseline_mbps,
+        if ebs.bursts() && !burst.is_zero() {
+            format!(" up to {} Mbps", ebs.maximum_mbps)
+        } else {
+            String::new()
+        },
+        iops.baseline,
+        if iops.bursts() && !burst.is_zero() {
+            format!(" up to {} IOPS", iops.maximum)
+        } else {
+            String::new()
+        },
+        if ebs.bursts() || iops.bursts() {
+            credits
+        } else {
+            String::new()
+        }
+    );
+    SharedRateLimiter::new(&instance_ebs_config(instance, burst))
         .map_err(|e| anyhow::anyhow!("the instance's EBS cap: {e}"))
 }
 
@@ -567,7 +606,7 @@ mod tests {
         let burst = devices::rate_limiter::EBS_BURST_DURATION;
         for generation in [Generation::Launch, Generation::Current] {
             for t in crate::instance::instance_types(generation) {
-                let c = instance_ebs_config(&t.ebs, burst);
+                let c = instance_ebs_config(&t, burst);
                 c.validate().unwrap();
                 let bytes = c.bytes.unwrap();
                 assert_eq!(
@@ -577,26 +616,82 @@ mod tests {
                     t.name
                 );
                 assert_eq!(bytes.burst.is_some(), t.ebs.bursts(), "{}", t.name);
-                assert!(c.ops.is_none());
+                let ops = c.ops.unwrap();
+                assert_eq!(ops.rate, t.ebs_iops.baseline as f64, "{}", t.name);
+                assert_eq!(ops.burst.is_some(), t.ebs_iops.bursts(), "{}", t.name);
+                if let Some(b) = ops.burst {
+                    assert_eq!((b.max_rate, b.duration), (t.ebs_iops.maximum as f64, burst));
+                }
             }
         }
-        // c5.large at launch: 81.25 MB/s, up to 281.25 MB/s for 30 minutes.
+        // c5.large at launch: 81.25 MB/s, up to 281.25 MB/s for 30 minutes; 4,000 IOPS, up to
+        // 16,000 with the same credits model.
         let large = find_instance_type("c5.large", Generation::Launch).unwrap();
-        let c = instance_ebs_config(&large.ebs, burst).bytes.unwrap();
+        let config = instance_ebs_config(&large, burst);
+        let c = config.bytes.unwrap();
         assert_eq!(c.rate, 81.25e6);
         let b = c.burst.unwrap();
         assert_eq!((b.max_rate, b.duration), (281.25e6, burst));
         assert_eq!(c.capacity, 14_062_500, "50 ms at the maximum");
-        // A zero burst: the baseline from the start.
-        let c = instance_ebs_config(&large.ebs, Duration::ZERO)
-            .bytes
-            .unwrap();
+        let ops = config.ops.unwrap();
+        assert_eq!(
+            (ops.rate, ops.capacity),
+            (4000.0, 800),
+            "50 ms of 16,000 IOPS"
+        );
+        assert_eq!(ops.burst.unwrap().max_rate, 16_000.0);
+        // A zero burst: the baselines from the start.
+        let config = instance_ebs_config(&large, Duration::ZERO);
+        let c = config.bytes.unwrap();
         assert_eq!((c.burst, c.capacity), (None, 4_062_500));
-        // c5.2xlarge at launch is flat at its documented 2,300 Mbps baseline.
+        let ops = config.ops.unwrap();
+        assert_eq!((ops.rate, ops.burst, ops.capacity), (4000.0, None, 200));
+        // c5.2xlarge at launch is flat at its documented 2,300 Mbps baseline, but its IOPS burst
+        // (8,000 up to 16,000).
         let x2 = find_instance_type("c5.2xlarge", Generation::Launch).unwrap();
-        let c = instance_ebs_config(&x2.ebs, burst).bytes.unwrap();
+        let config = instance_ebs_config(&x2, burst);
+        let c = config.bytes.unwrap();
         assert_eq!((c.rate, c.burst), (287.5e6, None));
-        assert!(instance_ebs_limiter(&x2.ebs, burst).is_ok());
+        assert!(config.ops.unwrap().burst.is_some());
+        assert!(instance_ebs_limiter(&x2, burst).is_ok());
+        // c5.18xlarge today: a flat 80,000 IOPS.
+        let big = find_instance_type("c5.18xlarge", Generation::Current).unwrap();
+        let ops = instance_ebs_config(&big, burst).ops.unwrap();
+        assert_eq!((ops.rate, ops.burst, ops.capacity), (80_000.0, None, 4000));
+    }
+
+    /// The instance's IOPS cap on a manual clock, as the shared limiter of a volume: a c5.large
+    /// (launch) with 2 s of credits gets 16,000 IOPS while they last, then its 4,000 baseline.
+    #[test]
+    fn instance_iops_cap_bursts_then_settles_at_the_baseline() {
+        use devices::rate_limiter::{Clock, ManualClock, Throttled};
+        let clock = ManualClock::new();
+        let large = find_instance_type("c5.large", Generation::Launch).unwrap();
+        let config = instance_ebs_config(&large, Duration::from_secs(2));
+        let shared = SharedRateLimiter::with_clock(&config, clock.shared()).unwrap();
+        let mut chain = shared.chain(RateLimiter::unlimited(clock.shared()).unwrap());
+        // A greedy guest of 4 KiB reads (the bytes cap, 281 MB/s, allows 68,000/s: IOPS govern).
+        let mut per_second = Vec::new();
+        for _ in 0..5 {
+            let end = clock.now() + Duration::from_secs(1);
+            let mut done = 0u64;
+            while clock.now() < end {
+                match chain.consume(1, 4096) {
+                    Ok(()) => done += 1,
+                    Err(Throttled { retry_after }) => {
+                        clock.advance(retry_after);
+                        chain.on_timer_event();
+                    }
+                }
+            }
+            per_second.push(done);
+        }
+        let near = |n: u64, want: f64| (n as f64 - want).abs() / want <= 0.06;
+        // Credits (16,000 - 4,000) x 2 s: 2 s at the maximum (plus the 800-op bucket), then 4,000.
+        assert!(near(per_second[0], 16_000.0), "{per_second:?}");
+        assert!(near(per_second[1], 16_000.0), "{per_second:?}");
+        assert!(near(per_second[3], 4_000.0), "{per_second:?}");
+        assert!(near(per_second[4], 4_000.0), "{per_second:?}");
     }
 
     #[test]
@@ -608,7 +703,7 @@ mod tests {
             .set_len(100 << 30)
             .unwrap();
         let large = find_instance_type("c5.large", Generation::Launch).unwrap();
-        let ebs = instance_ebs_limiter(&large.ebs, Duration::from_secs(5)).unwrap();
+        let ebs = instance_ebs_limiter(&large, Duration::from_secs(5)).unwrap();
         let spec = format!("path={},type=gp2", path.display());
         let v: VolumeConfig = spec.parse().unwrap();
         let chain = v.limiter(&ebs).unwrap();

@@ -215,6 +215,19 @@ fn bad_disk_input_is_one_line() {
         &run(kernel, "path=x.img,cache=none"),
         &["unknown or empty setting 'cache=none'"],
     );
+    // Malformed rate caps.
+    fails_with(
+        &run(kernel, "path=x.img,iops=0"),
+        &["--disk path=x.img,iops=0: iops=0: expected a whole number of requests per second"],
+    );
+    fails_with(
+        &run(kernel, "path=x.img,throughput=fast"),
+        &["--disk path=x.img,throughput=fast: throughput=fast: expected bytes per second"],
+    );
+    fails_with(
+        &run(kernel, "path=x.img,bandwidth=0"),
+        &["bandwidth=0: expected 1 byte/s"],
+    );
     if !kvm_available() {
         return;
     }

@@ -28,6 +28,11 @@
  * expect_disks=N (virtio-blk functions on bus 0), exit=... (see the boot probe);
  * mode=flushloop [flush_seconds=N] and mode=fulldisk replace the data, error and reset checks with the
  * durability modes described at durability() below.
+ *
+ * bench=1 replaces the functional checks with a benchmark (see bench_main below): discovery,
+ * negotiation and one polled queue, then timed phases whose results are PROBE-INFO bench_* lines.
+ * The capabilities may sit in any BAR (QEMU's virtio-blk-pci puts them in BAR 4), so the same
+ * probe runs under QEMU with -device virtio-blk-pci,disable-legacy=on.
  */
 #include "probe.h"
 #include "pci_cfg.h"
@@ -126,6 +131,7 @@ static struct {
 	uint8_t dev;
 	uintptr_t bar;
 	uint64_t bar_size;
+	uint64_t bars[6], bar_sizes[6]; /* every BAR (0 if absent); a 64-bit one in its low slot */
 	uintptr_t common, notify, isr, device;
 	uint32_t notify_mult, common_len, device_len, notify_len;
 	uint8_t msix_cap;
@@ -210,23 +216,57 @@ static bool find_device(void)
 	return true;
 }
 
-static bool map_device(void)
+/* Sizes BAR `i` (memory decode must be off); returns the size of a memory BAR, 0 for none, and
+ * whether it is 64-bit. */
+static uint64_t size_bar(uint8_t i, bool *is64)
 {
-	uint32_t lo = cfg_read32(v.dev, 0x10), hi = cfg_read32(v.dev, 0x14);
-	uint64_t addr = ((uint64_t)hi << 32) | (lo & ~0xFu);
-	/* Size the BAR (memory decode still off). */
-	outl(CFG_ADDR, cf8(v.dev, 0x10));
+	uint16_t reg = (uint16_t)(0x10 + 4 * i);
+	uint32_t lo = cfg_read32(v.dev, reg);
+	*is64 = false;
+	if (lo & 1)
+		return 0; /* I/O space */
+	outl(CFG_ADDR, cf8(v.dev, reg));
 	outl(CFG_DATA, 0xFFFFFFFFu);
 	uint32_t mask = inl(CFG_DATA);
 	outl(CFG_DATA, lo);
-	v.bar_size = (uint64_t)(~(mask & ~0xFu) + 1u);
+	if (!(mask & ~0xFu))
+		return 0;
+	*is64 = ((lo >> 1) & 3) == 2;
+	return (uint64_t)(~(mask & ~0xFu) + 1u);
+}
+
+static bool map_device(void)
+{
+	for (uint8_t i = 0; i < 6; i++) {
+		bool is64;
+		uint64_t size = size_bar(i, &is64);
+		uint32_t lo = cfg_read32(v.dev, (uint16_t)(0x10 + 4 * i));
+		uint32_t hi = is64 && i < 5 ? cfg_read32(v.dev, (uint16_t)(0x14 + 4 * i)) : 0;
+		v.bars[i] = size ? ((uint64_t)hi << 32) | (lo & ~0xFu) : 0;
+		v.bar_sizes[i] = size;
+		if (is64)
+			i++;
+	}
+	uint32_t lo = cfg_read32(v.dev, 0x10), hi = cfg_read32(v.dev, 0x14);
+	uint64_t addr = v.bars[0];
+	v.bar_size = v.bar_sizes[0];
 	bool ok = ((lo >> 1) & 3) == 2 && addr && addr + v.bar_size <= 0x100000000ull;
-	check("vblk_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo, v.bar_size);
-	if (!ok)
-		return false;
+	if (!cmdline_is("bench", "1"))
+		check("vblk_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo, v.bar_size);
+	else if (!ok)
+		probe_info("vblk_bar0", "0x%x:%x size 0x%llx (not flint's layout)", hi, lo, v.bar_size);
 	v.bar = (uintptr_t)addr;
 	cfg_write16(v.dev, 0x04, cfg_read16(v.dev, 0x04) | 0x6); /* memory space + bus master */
-	return true;
+	return ok || cmdline_is("bench", "1");
+}
+
+/* The guest address of `off` in BAR `bar`, or 0 if that is not reachable (above 4 GiB, or past the
+ * BAR's end). */
+static uintptr_t bar_addr(uint8_t bar, uint64_t off, uint64_t len)
+{
+	if (bar > 5 || !v.bars[bar] || off + len > v.bar_sizes[bar] || v.bars[bar] + off + len > 0x100000000ull)
+		return 0;
+	return (uintptr_t)(v.bars[bar] + off);
 }
 
 static bool walk_caps(void)
@@ -246,10 +286,11 @@ static bool walk_caps(void)
 			if (len + 16 < sizeof(ids))
 				len += (size_t)snprintf(ids + len, sizeof(ids) - len, "%s%u@%x+%x", len ? "," : "", type, off, clen);
 			if (type >= CAP_COMMON && type <= CAP_DEVICE && !(seen & (1u << type))) {
-				if (bar != 0 || (uint64_t)off + clen > v.bar_size)
+				uintptr_t a = bar_addr(bar, off, clen);
+				/* flint puts everything in BAR 0; other VMMs (bench=1) may not. */
+				if (!a || (bar != 0 && !cmdline_is("bench", "1")))
 					inside = false;
 				seen |= 1u << type;
-				uintptr_t a = v.bar + off;
 				if (type == CAP_COMMON) {
 					v.common = a;
 					v.common_len = clen;
@@ -281,13 +322,15 @@ static bool walk_caps(void)
 	uint16_t control = cfg_read16(v.dev, v.msix_cap + 2);
 	uint32_t table = cfg_read32(v.dev, v.msix_cap + 4), pba = cfg_read32(v.dev, v.msix_cap + 8);
 	v.msix_vectors = (control & 0x7FF) + 1u;
-	bool fits = (table & 7) == 0 && (pba & 7) == 0 && (table & ~7u) + 16u * v.msix_vectors <= v.bar_size;
+	uintptr_t table_at = bar_addr(table & 7, table & ~7u, 16u * v.msix_vectors);
+	uintptr_t pba_at = bar_addr(pba & 7, pba & ~7u, 8);
+	bool fits = table_at && pba_at;
 	check("vblk_msix_cap", fits && v.msix_vectors >= 2, "%u vectors, table 0x%x, PBA 0x%x", v.msix_vectors,
 	      table, pba);
 	if (!fits)
 		return true;
-	v.msix_table = v.bar + (table & ~7u);
-	v.msix_pba = v.bar + (pba & ~7u);
+	v.msix_table = table_at;
+	v.msix_pba = pba_at;
 	/* Entry 0: configuration changes, entry 1: the queue; both masked for now. */
 	for (uint32_t e = 0; e < 2; e++) {
 		mmio_write32(v.msix_table + 16 * e, 0xFEE00000u);
@@ -686,11 +729,238 @@ static void durability(void)
 		check("vblk_fulldisk_overwrite", ok, "generation 2: %s", why);
 }
 
+/* ---------------------------------------------------------------- benchmark (bench=1) */
+/*
+ * After discovery and negotiation (VERSION_1, FLUSH, EVENT_IDX, SEG_MAX, BLK_SIZE where offered), one
+ * queue of BENCH_QSZ entries in RAM at BENCH_BASE, polled: the queue's MSI-X vector stays masked
+ * and used_event is kept just behind the used index, so the device never has to interrupt. Each
+ * request is three descriptors (header, one data buffer, status), prepared once per phase; per
+ * request the probe writes only the sector, the status byte and the available ring, and notifies
+ * only when avail_event says the device is waiting (as Linux's virtio_ring does). Phases:
+ *
+ *   seqread         bench_xfer_kib (default 1024) reads, bench_seq_qd (default 1) at a time, over the
+ *                   whole disk
+ *   seqwrite        the same, writes (the data is whatever is in the buffer)
+ *   randread_qd1    4 KiB reads at random 4 KiB-aligned offsets, one at a time
+ *   randread_qd32   the same with 32 outstanding
+ *
+ * bench_seq_ops=N requests per sequential phase (default 2048), bench_ops=N per random phase
+ * (default 10000), bench_phases=a+b+... runs only the named phases, bench_gap_ms=N (default 0)
+ * idles that long after each phase's line (so a host-side sampler of the VMM's CPU time sees each
+ * phase apart). Each prints
+ *   PROBE-INFO bench_<phase>=ops=N bytes=N us=N iops=N mbps=N errors=N qd=N xfer=N notifies=N
+ * (us from the TSC; mbps is decimal MB/s) and PROBE bench_no_errors checks every status.
+ */
+#define BENCH_BASE 0x1000000u        /* 16 MiB: ring, headers, status bytes */
+#define BENCH_BUF (BENCH_BASE + 0x100000u) /* data buffers: qd x xfer */
+#define BENCH_QSZ 128u
+#define BENCH_MAX_QD 32u
+#define BENCH_MAX_XFER (4u << 20)
+
+#define B_DESC ((volatile struct vdesc *)BENCH_BASE)
+#define B_AVAIL ((volatile uint16_t *)(BENCH_BASE + 0x1000)) /* flags, idx, ring[], used_event */
+#define B_USED ((volatile uint8_t *)(BENCH_BASE + 0x2000))   /* flags, idx, {id, len}[], avail_event */
+#define B_HDR ((volatile struct blk_req *)(BENCH_BASE + 0x3000))
+#define B_STATUS ((volatile uint8_t *)(BENCH_BASE + 0x3800))
+
+static uint32_t g_rng = 0x12345678u;
+static uint32_t rnd(void)
+{
+	g_rng ^= g_rng << 13;
+	g_rng ^= g_rng >> 17;
+	g_rng ^= g_rng << 5;
+	return g_rng;
+}
+
+static uint16_t b_avail, b_used;
+
+static uint8_t bench_setup_queue(void)
+{
+	memset((void *)BENCH_BASE, 0, 0x4000);
+	b_avail = b_used = 0;
+	c_write16(C_MSIX, 0);
+	c_write16(C_Q_SELECT, 0);
+	c_write16(C_Q_SIZE, BENCH_QSZ);
+	v.notify_off = c_read16(C_Q_NOFF);
+	c_write64(C_Q_DESC, (uintptr_t)B_DESC);
+	c_write64(C_Q_DRIVER, (uintptr_t)B_AVAIL);
+	c_write64(C_Q_DEVICE, (uintptr_t)B_USED);
+	c_write16(C_Q_MSIX, 1);
+	c_write16(C_Q_ENABLE, 1);
+	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	return c_read8(C_STATUS);
+}
+
+/* Keeps up to qd requests of xfer bytes outstanding until ops completed. Returns false on a stall
+ * (nothing completed for 5 s). */
+static bool bench_run(const char *name, uint32_t type, uint32_t xfer, uint32_t qd, bool random, uint32_t ops,
+		      uint32_t *errors)
+{
+	uint64_t disk = v.sectors * 512;
+	uint32_t units = (uint32_t)(disk >> 12);
+	bool event_idx = has(v.features, F_EVENT_IDX);
+	uint16_t dflags = D_NEXT | (type == T_IN ? D_WRITE : 0);
+	for (uint32_t i = 0; i < qd; i++) {
+		B_HDR[i].type = type;
+		B_HDR[i].reserved = 0;
+		B_DESC[3 * i] = (struct vdesc){(uintptr_t)&B_HDR[i], 16, D_NEXT, (uint16_t)(3 * i + 1)};
+		B_DESC[3 * i + 1] = (struct vdesc){BENCH_BUF + i * xfer, xfer, dflags, (uint16_t)(3 * i + 2)};
+		B_DESC[3 * i + 2] = (struct vdesc){(uintptr_t)&B_STATUS[i], 1, D_WRITE, 0};
+	}
+	uint16_t free_slots[BENCH_MAX_QD];
+	uint32_t nfree = 0;
+	for (uint32_t i = 0; i < qd; i++)
+		free_slots[nfree++] = (uint16_t)(qd - 1 - i);
+	uint32_t submitted = 0, completed = 0, errs = 0, notifies = 0;
+	uint64_t seq = 0;
+	uint64_t t0 = rdtsc(), progress = t0, stall = (uint64_t)tsc_khz() * 5000;
+	uintptr_t notify = v.notify + v.notify_off * v.notify_mult;
+	volatile uint16_t *used_idx = (volatile uint16_t *)(B_USED + 2);
+	volatile uint16_t *avail_event = (volatile uint16_t *)(B_USED + 4 + 8 * BENCH_QSZ);
+	bool stalled = false;
+	B_AVAIL[2 + BENCH_QSZ] = (uint16_t)(b_used - 1); /* used_event: never reached */
+	while (completed < ops) {
+		uint16_t old = b_avail;
+		while (nfree && submitted < ops) {
+			uint32_t slot = free_slots[--nfree];
+			uint64_t off;
+			if (random) {
+				off = (uint64_t)(rnd() % units) << 12;
+			} else {
+				off = seq;
+				seq += xfer;
+				if (seq + xfer > disk)
+					seq = 0;
+			}
+			B_HDR[slot].sector = off >> 9;
+			B_STATUS[slot] = ST_UNTOUCHED;
+			B_AVAIL[2 + b_avail % BENCH_QSZ] = (uint16_t)(3 * slot);
+			b_avail++;
+			submitted++;
+		}
+		if (b_avail != old) {
+			mb();
+			B_AVAIL[1] = b_avail;
+			mb();
+			/* vring_need_event(avail_event, new, old) */
+			if (!event_idx || (uint16_t)(b_avail - *avail_event - 1) < (uint16_t)(b_avail - old)) {
+				mmio_write16(notify, 0);
+				notifies++;
+			}
+		}
+		uint32_t reaped = 0;
+		while (*used_idx != b_used) {
+			uint32_t id = *(volatile uint32_t *)(B_USED + 4 + 8 * (b_used % BENCH_QSZ));
+			uint32_t slot = id / 3;
+			if (slot >= qd || B_STATUS[slot] != ST_OK)
+				errs++;
+			else
+				free_slots[nfree++] = (uint16_t)slot;
+			b_used++;
+			reaped++;
+		}
+		if (reaped) {
+			B_AVAIL[2 + BENCH_QSZ] = (uint16_t)(b_used - 1);
+			completed += reaped;
+			progress = rdtsc();
+			if (!nfree && submitted < ops) { /* every slot failed: give up */
+				stalled = true;
+				break;
+			}
+		} else if (rdtsc() - progress > stall) {
+			stalled = true;
+			break;
+		}
+	}
+	if (stalled)
+		errs += ops - completed;
+	uint32_t us = tsc_to_us(rdtsc() - t0);
+	if (!us)
+		us = 1;
+	uint64_t bytes = (uint64_t)completed * xfer;
+	char key[48];
+	snprintf(key, sizeof(key), "bench_%s", name);
+	probe_info(key, "ops=%u bytes=%llu us=%u iops=%llu mbps=%llu errors=%u qd=%u xfer=%u notifies=%u%s", completed,
+		   bytes, us, udiv64((uint64_t)completed * 1000000u, us, NULL), udiv64(bytes, us, NULL), errs, qd, xfer,
+		   notifies, stalled ? " stalled" : "");
+	*errors += errs;
+	uint32_t gap_ms = 0;
+	if (cmdline_get_u32("bench_gap_ms", &gap_ms) && gap_ms)
+		delay_ms(gap_ms);
+	return !stalled;
+}
+
+static bool bench_wanted(const char *phase)
+{
+	char list[96];
+	if (!cmdline_get("bench_phases", list, sizeof(list)))
+		return true;
+	size_t n = strlen(phase), len = strlen(list);
+	for (size_t i = 0; i + n <= len; i++)
+		if (!strncmp(list + i, phase, n) && (i == 0 || list[i - 1] == '+') &&
+		    (list[i + n] == 0 || list[i + n] == '+'))
+			return true;
+	return false;
+}
+
+static void bench_main(void)
+{
+	uint32_t xfer_kib = 1024, seq_ops = 2048, ops = 10000, errors = 0, seq_qd = 1;
+	cmdline_get_u32("bench_xfer_kib", &xfer_kib);
+	cmdline_get_u32("bench_seq_qd", &seq_qd);
+	cmdline_get_u32("bench_seq_ops", &seq_ops);
+	cmdline_get_u32("bench_ops", &ops);
+	uint32_t xfer = xfer_kib * 1024u;
+	v.offered = device_features();
+	uint64_t want = (1ull << F_VERSION_1) | (1ull << F_BLK_FLUSH) | (1ull << F_EVENT_IDX) | (1ull << F_BLK_SEG_MAX) |
+			(1ull << F_BLK_BLK_SIZE) | (1ull << F_BLK_RO);
+	v.features = v.offered & want;
+	v.readonly = has(v.features, F_BLK_RO);
+	uint8_t s = negotiate(v.features);
+	if (!probe_check("bench_features_ok", s == (S_ACK | S_DRIVER | S_FEATURES_OK), "status 0x%x", s))
+		return;
+	v.sectors = mmio_read32(v.device) | (uint64_t)mmio_read32(v.device + 4) << 32;
+	uint64_t disk = v.sectors * 512;
+	probe_info("bench_disk", "bytes=%llu features=0x%llx", disk, v.features);
+	if (!probe_check("bench_params",
+		   xfer_kib && xfer % 512 == 0 && xfer <= BENCH_MAX_XFER && disk >= (uint64_t)xfer * 2 && disk >= 8192 &&
+			   seq_qd >= 1 && seq_qd <= 16,
+		   "bench_xfer_kib=%u (a multiple of 0.5, at most %u) bench_seq_qd=%u (1..16) on a disk of %llu bytes",
+		   xfer_kib, BENCH_MAX_XFER / 1024, seq_qd, disk))
+		return;
+	uint32_t bufs = seq_qd * xfer > BENCH_MAX_QD * 4096u ? seq_qd * xfer : BENCH_MAX_QD * 4096u;
+	uint32_t need = (uint32_t)(BENCH_BUF - BENCH_BASE) + bufs;
+	if (!probe_check("bench_memory", memmap_is_ram(BENCH_BASE, need), "0x%x+0x%x is not RAM", BENCH_BASE, need))
+		return;
+	c_write16(C_Q_SELECT, 0);
+	if (!probe_check("bench_queue_size", c_read16(C_Q_SIZE) >= BENCH_QSZ, "queue 0 holds %u, want %u", c_read16(C_Q_SIZE),
+		   BENCH_QSZ))
+		return;
+	s = bench_setup_queue();
+	if (!probe_check("bench_driver_ok", s == 0xF, "status 0x%x", s))
+		return;
+	bool ok = true;
+	if (ok && bench_wanted("seqread"))
+		ok = bench_run("seqread", T_IN, xfer, seq_qd, false, seq_ops, &errors);
+	if (ok && bench_wanted("seqwrite") && !v.readonly)
+		ok = bench_run("seqwrite", T_OUT, xfer, seq_qd, false, seq_ops, &errors);
+	if (ok && bench_wanted("randread_qd1"))
+		ok = bench_run("randread_qd1", T_IN, 4096, 1, true, ops, &errors);
+	if (ok && bench_wanted("randread_qd32"))
+		ok = bench_run("randread_qd32", T_IN, 4096, BENCH_MAX_QD, true, ops, &errors);
+	check("bench_no_errors", errors == 0, "%u benchmark requests failed or never completed", errors);
+	c_write8(C_STATUS, 0);
+}
+
 void probe_main(void)
 {
 	v.readonly = cmdline_is("expect_readonly", "1");
 	if (!find_device() || !map_device() || !walk_caps())
 		return;
+	if (cmdline_is("bench", "1")) {
+		bench_main();
+		return;
+	}
 
 	/* Features */
 	c_write8(C_STATUS, 0);

@@ -24,6 +24,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FallocateFlags, FlockOperation};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions, ReadVolatile,
+    WriteVolatile,
+};
 
 /// The I/O a block device model needs from its backing store. Every method reports failures as
 /// `io::Error`; the device model turns them into guest-visible error statuses.
@@ -42,6 +46,43 @@ pub trait BlockIo: Send {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes `[offset, offset + len)` read as zeroes.
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Reads `len` bytes at `offset` of the store into guest RAM at `addr` (which the caller has
+    /// checked lies in RAM; if not, this fails and may have filled part of it). This default
+    /// goes through a host buffer; [`BlockBackend`] reads straight into guest memory.
+    fn read_to_guest(
+        &self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; len];
+        self.read_at(&mut buf, offset)?;
+        mem.write_slice(&buf, addr).map_err(guest_memory_error)
+    }
+
+    /// Writes `len` bytes of guest RAM at `addr` to `offset` of the store. This default goes
+    /// through a host buffer; [`BlockBackend`] writes straight from guest memory.
+    fn write_from_guest(
+        &self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, addr).map_err(guest_memory_error)?;
+        self.write_at(&buf, offset)
+    }
+}
+
+/// A guest-memory failure as an `io::Error` (the file's own errors pass through unchanged).
+fn guest_memory_error(e: GuestMemoryError) -> io::Error {
+    match e {
+        GuestMemoryError::IOError(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidInput, other),
+    }
 }
 
 /// Errors opening a disk file.
@@ -128,6 +169,11 @@ const ZERO_CHUNK: usize = 1 << 20;
 #[derive(Debug)]
 pub struct BlockBackend {
     file: File,
+    /// The file's own offset, if known, and held while it is in use ([`BlockIo::read_to_guest`]
+    /// and [`BlockIo::write_from_guest`] seek, then read or write): vm-memory moves data between
+    /// guest memory and a file only through `read`/`write` at the file offset, not
+    /// `pread`/`pwrite`. Knowing it saves the seek when requests follow each other.
+    cursor: Mutex<Option<u64>>,
     path: PathBuf,
     read_only: bool,
     size: u64,
@@ -172,6 +218,7 @@ impl BlockBackend {
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
         Ok(Self {
             file,
+            cursor: Mutex::new(None),
             path: path.to_path_buf(),
             read_only,
             size,
@@ -206,6 +253,31 @@ impl BlockBackend {
         } else {
             Ok(())
         }
+    }
+
+    /// Locks the file offset, moves it to `offset` (unless it is there), and runs `io`, which moves
+    /// `len` bytes from there.
+    fn at_offset(
+        &self,
+        offset: u64,
+        len: usize,
+        io: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        // A panic while the lock was held may have left the offset anywhere: forget it.
+        let mut cursor = self.cursor.lock().unwrap_or_else(|p| {
+            let mut guard = p.into_inner();
+            *guard = None;
+            guard
+        });
+        if *cursor != Some(offset) {
+            *cursor = None;
+            (&self.file).seek(SeekFrom::Start(offset))?;
+        }
+        // After a failure (a short transfer, say) the offset is unknown.
+        *cursor = None;
+        io()?;
+        *cursor = offset.checked_add(len as u64);
+        Ok(())
     }
 
     fn zero_by_writing(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -269,6 +341,93 @@ impl BlockIo for BlockBackend {
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         self.punch_hole(offset, len)
+    }
+
+    /// `read(2)` from the file straight into guest memory: no host buffer, no copy in between.
+    fn read_to_guest(
+        &self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        check_in_ram(mem, addr, len, Permissions::Write)?;
+        self.at_offset(offset, len, || {
+            let mut done = 0;
+            // One slice per guest memory region the range touches.
+            for slice in GuestMemory::get_slices(mem, addr, len, Permissions::Write)
+                .map_err(guest_memory_error)?
+            {
+                let mut slice = slice.map_err(guest_memory_error)?;
+                // Loops over short reads; end of file is an error, not a short read.
+                (&self.file)
+                    .read_exact_volatile(&mut slice)
+                    .map_err(volatile_error)?;
+                done += slice.len();
+            }
+            check_complete(done, len)
+        })
+    }
+
+    /// `write(2)` to the file straight from guest memory.
+    fn write_from_guest(
+        &self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        check_in_ram(mem, addr, len, Permissions::Read)?;
+        self.at_offset(offset, len, || {
+            let mut done = 0;
+            for slice in GuestMemory::get_slices(mem, addr, len, Permissions::Read)
+                .map_err(guest_memory_error)?
+            {
+                let slice = slice.map_err(guest_memory_error)?;
+                (&self.file)
+                    .write_all_volatile(&slice)
+                    .map_err(volatile_error)?;
+                done += slice.len();
+            }
+            check_complete(done, len)
+        })
+    }
+}
+
+fn volatile_error(e: vm_memory::VolatileMemoryError) -> io::Error {
+    match e {
+        vm_memory::VolatileMemoryError::IOError(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidInput, other),
+    }
+}
+
+/// The whole guest range is RAM: checked before any I/O, so a bad range moves nothing.
+fn check_in_ram(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+    access: Permissions,
+) -> io::Result<()> {
+    if len == 0 || GuestMemory::check_range(mem, addr, len, access) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("guest buffer {:#x}+{len} is not all RAM", addr.0),
+        ))
+    }
+}
+
+/// The slices of a guest range covered all of it (they stop early at a hole in guest RAM).
+fn check_complete(done: usize, len: usize) -> io::Result<()> {
+    if done == len {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("guest buffer of {len} bytes is only partly in RAM ({done} bytes)"),
+        ))
     }
 }
 
@@ -386,6 +545,81 @@ mod tests {
         let mut tail = vec![0u8; 256 * 1024];
         b.read_at(&mut tail, 768 * 1024).unwrap();
         assert!(tail.iter().all(|&x| x == 0x5a));
+    }
+
+    #[test]
+    fn moves_data_straight_between_file_and_guest_memory() {
+        let f = temp_disk(0);
+        let content: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+        std::fs::write(f.path(), &content).unwrap();
+        let b = BlockBackend::open(f.path(), false).unwrap();
+        // Two regions with a hole between them, as guest RAM around the MMIO gap.
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(2 << 20), 1 << 20),
+        ])
+        .unwrap();
+        b.read_to_guest(&mem, GuestAddress(0x1000), 0x8_0000, 0x1_0000)
+            .unwrap();
+        let mut got = vec![0u8; 0x8_0000];
+        mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(got, content[0x1_0000..0x9_0000]);
+        // Guest memory to the file, at an offset: the file offset does not leak between calls.
+        mem.write_slice(&[0xc3; 4096], GuestAddress((2 << 20) + 512))
+            .unwrap();
+        b.write_from_guest(&mem, GuestAddress((2 << 20) + 512), 4096, 8192)
+            .unwrap();
+        let mut back = [0u8; 4096];
+        b.read_at(&mut back, 8192).unwrap();
+        assert_eq!(back, [0xc3; 4096]);
+        b.read_to_guest(&mem, GuestAddress(0), 512, 0).unwrap();
+        let mut first = [0u8; 512];
+        mem.read_slice(&mut first, GuestAddress(0)).unwrap();
+        assert_eq!(first[..], content[..512]);
+        // Back to back (the file offset is reused, no seek) and after a positional write.
+        for (i, offset) in [4096u64, 4096 + 512, 8192 + 512, 8192 + 1024]
+            .iter()
+            .enumerate()
+        {
+            let at = GuestAddress(0x10_0000 - 0x1000 * (i as u64 + 1));
+            b.read_to_guest(&mem, at, 512, *offset).unwrap();
+            let mut got = [0u8; 512];
+            mem.read_slice(&mut got, at).unwrap();
+            let mut want = [0u8; 512];
+            b.read_at(&mut want, *offset).unwrap();
+            assert_eq!(got, want, "offset {offset}");
+        }
+        // Past the end of the file: an error, not a short read; the next read finds its place.
+        assert!(b
+            .read_to_guest(&mem, GuestAddress(0), 8192, (1 << 20) - 4096)
+            .is_err());
+        b.read_to_guest(&mem, GuestAddress(0), 512, (1 << 20) - 512)
+            .unwrap();
+        let mut tail = [0u8; 512];
+        mem.read_slice(&mut tail, GuestAddress(0)).unwrap();
+        assert_eq!(tail[..], content[(1 << 20) - 512..]);
+        // Guest ranges that leave RAM (into the hole, past the end, wrapping) fail before or
+        // during the I/O, and never touch anything outside guest RAM.
+        for (addr, len) in [
+            ((1 << 20) - 512, 1024),
+            ((3 << 20) - 512, 1024),
+            (5 << 20, 512),
+            (u64::MAX - 100, 512),
+        ] {
+            assert!(
+                b.read_to_guest(&mem, GuestAddress(addr), len, 0).is_err(),
+                "read to {addr:#x}+{len}"
+            );
+            assert!(
+                b.write_from_guest(&mem, GuestAddress(addr), len, 0)
+                    .is_err(),
+                "write from {addr:#x}+{len}"
+            );
+        }
+        // A read-only backend refuses writes from guest memory too.
+        drop(b);
+        let ro = BlockBackend::open(f.path(), true).unwrap();
+        assert!(ro.write_from_guest(&mem, GuestAddress(0), 512, 0).is_err());
     }
 
     #[test]

@@ -5,13 +5,22 @@
 //! and WRITE_ZEROES on a writable one; MQ with more than one queue. Without FLUSH negotiated the
 //! device is write-through: each write is made durable before it completes.
 //!
-//! One worker thread per device, started when the driver sets DRIVER_OK and stopped (joined) on a
-//! device reset: it waits on the queues' notification eventfds with epoll, runs every available
-//! request to completion (file I/O through a 1 MiB bounce buffer) and interrupts the driver as
-//! EVENT_IDX allows. [`request`] has the request format and every error path.
+//! One worker thread per device (named `virtio-blk`), started when the driver sets DRIVER_OK and
+//! stopped (joined) on a device reset: it waits on the queues' notification eventfds with epoll,
+//! runs every available request to completion (file I/O straight into and out of guest memory) and
+//! interrupts the driver as EVENT_IDX allows. [`request`] has the request format and every error
+//! path.
+//!
+//! A device may have a rate limiter (`--disk ...,iops=N,throughput=RATE`, [`VirtioBlk::set_rate_limiter`]).
+//! A request the limiter refuses is put back in the available ring (nothing read or written) and
+//! its queue stops; the worker also waits on the limiter's timerfd, armed for exactly the time until
+//! the request fits, and then resumes the waiting queues, one request per queue per turn. Nothing
+//! polls and nothing sleeps a fixed time. [`throttle`] has the details.
 
 pub mod request;
+mod throttle;
 
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,15 +37,18 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::block::{BlockBackend, BlockError, BlockIo, FailureLog};
+use crate::rate_limiter::LimiterChain;
 use crate::virtio::queue::add_used;
 use crate::virtio::{
     has_feature, ActivateContext, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
     VIRTIO_ID_BLOCK,
 };
 use request::{
-    process_chain, Scratch, DISCARD_SECTOR_ALIGNMENT, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SEG_MAX,
+    process_chain_limited, Scratch, DISCARD_SECTOR_ALIGNMENT, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
+    SEG_MAX,
 };
-pub use request::{Disk, SECTOR_SIZE};
+pub use request::{Cost, Disk, SECTOR_SIZE};
+pub use throttle::{SharedStats, ThrottleStats};
 
 /// Largest (and default) queue size.
 pub const QUEUE_SIZE: u16 = 256;
@@ -124,7 +136,8 @@ pub fn validate_disk_id(id: &str) -> Result<(), VirtioBlkError> {
 struct Worker {
     stop: Arc<AtomicBool>,
     stop_fd: EventFd,
-    thread: JoinHandle<()>,
+    /// Gives the rate limiter back when the worker stops, so its buckets outlive a reset.
+    thread: JoinHandle<Option<LimiterChain>>,
 }
 
 /// A virtio-blk device model (put it behind [`crate::virtio::VirtioPciDevice`]).
@@ -133,6 +146,10 @@ pub struct VirtioBlk {
     queues: u16,
     features: u64,
     config: [u8; CONFIG_LEN],
+    /// The device's rate limiter while no worker runs (the worker holds it while it runs).
+    limiter: Option<LimiterChain>,
+    /// What the limiter did, across workers.
+    stats: Arc<throttle::SharedStats>,
     worker: Option<Worker>,
 }
 
@@ -191,8 +208,32 @@ impl VirtioBlk {
             queues: config.queues,
             features,
             config: config_space(sectors, config.queues),
+            limiter: None,
+            stats: Arc::default(),
             worker: None,
         })
+    }
+
+    /// Limits the device's requests with `limiter` (None: no limit); see [`Cost`] for what a
+    /// request costs. Takes effect at the next activation (DRIVER_OK); set it before the device
+    /// goes on the bus.
+    pub fn set_rate_limiter(&mut self, limiter: Option<LimiterChain>) {
+        self.limiter = limiter;
+    }
+
+    /// The device's rate limiter, while no worker holds it.
+    pub fn rate_limiter(&self) -> Option<&LimiterChain> {
+        self.limiter.as_ref()
+    }
+
+    /// What the rate limiter has done so far (all workers together).
+    pub fn throttle_stats(&self) -> ThrottleStats {
+        self.stats.get()
+    }
+
+    /// A handle that reads [`Self::throttle_stats`] after the device has been boxed.
+    pub fn throttle_stats_handle(&self) -> Arc<SharedStats> {
+        self.stats.clone()
     }
 
     /// Capacity in 512-byte sectors.
@@ -222,8 +263,9 @@ impl VirtioBlk {
             if let Err(e) = worker.stop_fd.write(1) {
                 log::error!("virtio-blk: cannot stop the worker: {e}");
             }
-            if worker.thread.join().is_err() {
-                log::error!("virtio-blk: the worker thread panicked");
+            match worker.thread.join() {
+                Ok(limiter) => self.limiter = limiter,
+                Err(_) => log::error!("virtio-blk: the worker thread panicked"),
             }
         }
     }
@@ -295,6 +337,14 @@ impl VirtioDevice for VirtioBlk {
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
+        let limiter = self.limiter.take();
+        if let Some(limiter) = &limiter {
+            epoll.ctl(
+                ControlOperation::Add,
+                limiter.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, stop_token + 1),
+            )?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let worker = WorkerLoop {
             mem: ctx.mem,
@@ -309,6 +359,9 @@ impl VirtioDevice for VirtioBlk {
             stop: stop.clone(),
             epoll,
             scratch: Scratch::default(),
+            limiter,
+            waiting: VecDeque::new(),
+            stats: self.stats.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("virtio-blk".into())
@@ -332,6 +385,19 @@ struct WorkerQueue {
     broken: bool,
 }
 
+/// How a bounded run of one queue ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// No request left; notifications are enabled again.
+    Empty,
+    /// The budget ran out with requests left.
+    Budget,
+    /// The limiter refused the request at the head; the queue is on the waiting list.
+    Throttled,
+    /// Nothing to do: the queue is broken or bus mastering is off.
+    Idle,
+}
+
 struct WorkerLoop {
     mem: GuestMemoryMmap,
     disk: Arc<Disk>,
@@ -341,25 +407,36 @@ struct WorkerLoop {
     stop: Arc<AtomicBool>,
     epoll: Epoll,
     scratch: Scratch,
+    limiter: Option<LimiterChain>,
+    /// Queues whose head request waits for the limiter, in the order they are served.
+    waiting: VecDeque<usize>,
+    stats: Arc<throttle::SharedStats>,
 }
 
 impl WorkerLoop {
-    fn run(mut self) {
-        let mut events = vec![EpollEvent::default(); self.queues.len() + 1];
+    fn run(mut self) -> Option<LimiterChain> {
+        let queue_count = self.queues.len();
+        let limiter_token = queue_count as u64 + 1;
+        let mut events = vec![EpollEvent::default(); queue_count + 2];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::error!("virtio-blk worker: cannot wait for work: {e}");
-                    return;
+                    return self.limiter;
                 }
             };
             if self.stop.load(Ordering::Acquire) {
-                return;
+                return self.limiter;
             }
             for event in &events[..n] {
-                let index = event.data() as usize;
+                let token = event.data();
+                if token == limiter_token {
+                    self.on_limiter_timer();
+                    continue;
+                }
+                let index = token as usize;
                 if let Some(wq) = self.queues.get(index) {
                     // Non-blocking: a spurious wake-up reads EAGAIN.
                     let _ = wq.q.notify.read();
@@ -369,7 +446,7 @@ impl WorkerLoop {
         }
     }
 
-    fn broken(&mut self, index: usize, what: &str, e: virtio_queue::Error) {
+    fn broken(&mut self, index: usize, what: &str, e: virtio_queue::Error) -> Drained {
         let wq = &mut self.queues[index];
         // A ring the guest broke: answered with DEVICE_NEEDS_RESET, logged at debug level so that a
         // guest breaking and resetting it in a loop cannot flood the host's log.
@@ -378,62 +455,93 @@ impl WorkerLoop {
             wq.q.index
         );
         wq.broken = true;
+        self.waiting.retain(|&q| q != index);
         self.interrupt.set_needs_reset();
+        Drained::Idle
     }
 
-    /// Runs every available request of queue `index`, then re-enables notifications.
+    /// Runs the available requests of queue `index` (at most [`BATCH`], then it re-signals itself
+    /// so a stop request is seen).
     fn process_queue(&mut self, index: usize) {
-        if self.queues[index].broken || !self.interrupt.dma_allowed() {
+        if self.waiting.contains(&index) {
+            // Its head request waits for the limiter's timer, which resumes it.
             return;
+        }
+        if self.run_queue(index, BATCH) == Drained::Budget {
+            let _ = self.queues[index].q.notify.write(1);
+        }
+    }
+
+    /// Runs up to `budget` requests of queue `index`, interrupting the driver as EVENT_IDX says
+    /// after them; re-enables notifications when the queue is empty.
+    fn run_queue(&mut self, index: usize, budget: usize) -> Drained {
+        if self.queues[index].broken || !self.interrupt.dma_allowed() {
+            return Drained::Idle;
         }
         let mem = &self.mem;
         let mut completed = 0usize;
-        loop {
+        let mut added = false;
+        let outcome = loop {
             let wq = &mut self.queues[index];
             if let Err(e) = wq.q.queue.disable_notification(mem) {
                 return self.broken(index, "cannot disable notifications", e);
             }
-            let mut added = false;
-            loop {
+            let drained = loop {
+                if completed >= budget || self.stop.load(Ordering::Acquire) {
+                    break Drained::Budget;
+                }
                 let wq = &mut self.queues[index];
                 let chain = match wq.q.queue.iter(mem) {
                     Ok(mut iter) => iter.next(),
                     Err(e) => return self.broken(index, "bad available ring", e),
                 };
                 let Some(chain) = chain else {
-                    break;
+                    break Drained::Empty;
                 };
-                let done = process_chain(mem, &self.disk, self.writeback, chain, &mut self.scratch);
+                let limiter = &mut self.limiter;
+                let stats = &self.stats;
+                let done = process_chain_limited(
+                    mem,
+                    &self.disk,
+                    self.writeback,
+                    chain,
+                    &mut self.scratch,
+                    |cost| throttle::admit(limiter, stats, cost),
+                );
                 let wq = &mut self.queues[index];
+                let Some(done) = done else {
+                    // Held: the request goes back to the head of the available ring, untouched.
+                    wq.q.queue.go_to_previous_position();
+                    if !self.waiting.contains(&index) {
+                        self.waiting.push_back(index);
+                    }
+                    break Drained::Throttled;
+                };
                 if let Err(e) = add_used(&mut wq.q.queue, mem, done.head, done.len) {
                     return self.broken(index, "cannot add to the used ring", e);
                 }
                 added = true;
                 completed += 1;
-                if completed >= BATCH || self.stop.load(Ordering::Acquire) {
-                    break;
-                }
-            }
-            let wq = &mut self.queues[index];
-            if added {
-                match wq.q.queue.needs_notification(mem) {
-                    Ok(true) => self.interrupt.signal_queue(wq.q.index),
-                    Ok(false) => {}
-                    Err(e) => return self.broken(index, "cannot read used_event", e),
-                }
-            }
-            if completed >= BATCH || self.stop.load(Ordering::Acquire) {
-                // Come back after checking for a stop request.
-                let _ = self.queues[index].q.notify.write(1);
-                return;
+            };
+            if drained != Drained::Empty {
+                break drained;
             }
             let wq = &mut self.queues[index];
             match wq.q.queue.enable_notification(mem) {
                 Ok(true) => continue,
-                Ok(false) => return,
+                Ok(false) => break Drained::Empty,
                 Err(e) => return self.broken(index, "cannot enable notifications", e),
             }
+        };
+        if added {
+            let wq = &mut self.queues[index];
+            match wq.q.queue.needs_notification(mem) {
+                Ok(true) => self.interrupt.signal_queue(wq.q.index),
+                Ok(false) => {}
+                Err(e) => return self.broken(index, "cannot read used_event", e),
+            }
         }
+        outcome
     }
 }
 

@@ -14,6 +14,13 @@
 //! | write, discard or write-zeroes on a read-only disk (nothing is written) | `IOERR` |
 //! | the disk file fails | `IOERR` (logged) |
 //! | unknown request type, discard flags other than 0, reserved write-zeroes flags | `UNSUPP` |
+//!
+//! Data moves straight between the disk file and the guest's buffers ([`BlockIo::read_to_guest`],
+//! [`BlockIo::write_from_guest`]: one `read`/`write` per buffer, no host copy in between), after
+//! every buffer has been checked to lie in guest RAM.
+//!
+//! A device with a rate limiter asks it before a request that moves data ([`Cost`]); a refused
+//! request is left untouched (nothing read, nothing written) for the caller to put back.
 
 use std::io;
 
@@ -46,8 +53,6 @@ const HEADER_LEN: u64 = 16;
 const DISCARD_SEGMENT_LEN: u64 = 16;
 /// Write-zeroes flag: the device may deallocate (it always does: a hole reads as zeroes).
 const FLAG_UNMAP: u32 = 1;
-/// Largest bounce buffer: data moves between guest RAM and the file in pieces of this size.
-pub const CHUNK: usize = 1 << 20;
 
 /// The disk a virtio-blk device serves.
 pub struct Disk {
@@ -67,7 +72,20 @@ pub struct Disk {
 #[derive(Default)]
 pub struct Scratch {
     chain: Chain,
-    bounce: Vec<u8>,
+}
+
+/// What a request costs a rate limiter: one operation and the bytes it moves.
+///
+/// IN and OUT cost their data length (nothing when they will fail: outside the capacity, or a
+/// write to a read-only disk); DISCARD and WRITE_ZEROES cost one operation and no bytes (they punch
+/// holes, moving no data). FLUSH, GET_ID, unknown types and malformed chains are not limited: they
+/// move no data and complete at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// Operations (always 1).
+    pub ops: u64,
+    /// Bytes read or written.
+    pub bytes: u64,
 }
 
 /// The outcome of a request, for the used ring.
@@ -154,7 +172,30 @@ pub fn process_chain<M>(
 where
     M: std::ops::Deref<Target = GuestMemoryMmap>,
 {
-    let Scratch { chain: c, bounce } = scratch;
+    let head = chain.head_index();
+    // `admit` never refuses, so None cannot come back; dropping the chain would be the safe answer.
+    process_chain_limited(mem, disk, writeback, chain, scratch, |_| true).unwrap_or(Completion {
+        head,
+        len: 0,
+        status: None,
+    })
+}
+
+/// [`process_chain`], asking `admit` first for a request that has a [`Cost`]. If `admit` refuses,
+/// nothing is read or written (the status byte included) and None is returned: the caller puts the
+/// chain back in the available ring to retry it later.
+pub fn process_chain_limited<M>(
+    mem: &GuestMemoryMmap,
+    disk: &Disk,
+    writeback: bool,
+    chain: DescriptorChain<M>,
+    scratch: &mut Scratch,
+    admit: impl FnOnce(Cost) -> bool,
+) -> Option<Completion>
+where
+    M: std::ops::Deref<Target = GuestMemoryMmap>,
+{
+    let Scratch { chain: c } = scratch;
     let head = chain.head_index();
     let dropped = Completion {
         head,
@@ -173,24 +214,64 @@ where
     };
     if let Err(fault) = collect_chain(chain, mem, MAX_DESCRIPTORS, c) {
         log::debug!("virtio-blk: descriptor chain {head}: {:?}", fault.error);
-        return match fault.status_byte(mem) {
+        return Some(match fault.status_byte(mem) {
             Some(addr) => finish(addr, IOERR, 0),
             None => dropped,
-        };
+        });
     }
     // The status byte is the last writable byte.
     let Some(last) = c.writable.last_mut() else {
         log::debug!("virtio-blk: descriptor chain {head} has no writable buffer");
-        return dropped;
+        return Some(dropped);
     };
     let status_addr = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
     last.len -= 1;
     if last.len == 0 {
         c.writable.pop();
     }
-    match execute(mem, disk, writeback, c, bounce) {
+    let mut raw = [0u8; HEADER_LEN as usize];
+    if !copy_from_guest(mem, &c.readable, 0, &mut raw) {
+        return Some(finish(status_addr, IOERR, 0));
+    }
+    let header = Header {
+        request_type: u32_at(&raw, 0),
+        sector: u64_at(&raw, 8),
+    };
+    if let Some(cost) = cost(disk, &header, c) {
+        if !admit(cost) {
+            return None;
+        }
+    }
+    Some(match execute(mem, disk, writeback, &header, c) {
         Ok(written) => finish(status_addr, OK, written),
         Err(status) => finish(status_addr, status, 0),
+    })
+}
+
+/// The request header.
+struct Header {
+    request_type: u32,
+    sector: u64,
+}
+
+/// What the request costs a rate limiter, or None if it is not limited.
+fn cost(disk: &Disk, header: &Header, c: &Chain) -> Option<Cost> {
+    let data = |len: u64, allowed: bool| Cost {
+        ops: 1,
+        bytes: if allowed && byte_range(disk, header.sector, len).is_ok() {
+            len
+        } else {
+            0
+        },
+    };
+    match header.request_type {
+        VIRTIO_BLK_T_IN => Some(data(c.writable_len(), true)),
+        VIRTIO_BLK_T_OUT => Some(data(
+            c.readable_len().saturating_sub(HEADER_LEN),
+            !disk.read_only,
+        )),
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => Some(Cost { ops: 1, bytes: 0 }),
+        _ => None,
     }
 }
 
@@ -216,32 +297,25 @@ fn execute(
     mem: &GuestMemoryMmap,
     disk: &Disk,
     writeback: bool,
+    header: &Header,
     c: &Chain,
-    bounce: &mut Vec<u8>,
 ) -> Result<u32, Status> {
-    let mut header = [0u8; HEADER_LEN as usize];
-    if !copy_from_guest(mem, &c.readable, 0, &mut header) {
-        return Err(IOERR);
-    }
-    let request_type = u32_at(&header, 0);
-    let sector = u64_at(&header, 8);
+    let Header {
+        request_type,
+        sector,
+    } = *header;
     let readable_data = c.readable_len().saturating_sub(HEADER_LEN);
     let writable_data = c.writable_len();
     match request_type {
         VIRTIO_BLK_T_IN => {
             let offset = byte_range(disk, sector, writable_data)?;
-            let mut done = 0u64;
-            while done < writable_data {
-                let n = (writable_data - done).min(CHUNK as u64) as usize;
-                bounce.resize(n, 0);
-                let at = offset + done;
+            // The writable buffers (the status byte taken off) are the data, in order.
+            let mut at = offset;
+            for seg in &c.writable {
                 disk.backend
-                    .read_at(&mut bounce[..n], at)
+                    .read_to_guest(mem, seg.addr, seg.len as usize, at)
                     .map_err(|e| backend_error(disk, "read", at, e))?;
-                if !copy_to_guest(mem, &c.writable, done, &bounce[..n]) {
-                    return Err(IOERR);
-                }
-                done += n as u64;
+                at += u64::from(seg.len);
             }
             // At most 4 GiB: virtio-queue refuses longer chains.
             Ok(u32::try_from(writable_data).unwrap_or(u32::MAX))
@@ -251,19 +325,22 @@ fn execute(
                 return Err(IOERR);
             }
             let offset = byte_range(disk, sector, readable_data)?;
-            let mut done = 0u64;
-            while done < readable_data {
-                let n = (readable_data - done).min(CHUNK as u64) as usize;
-                bounce.resize(n, 0);
-                if !copy_from_guest(mem, &c.readable, HEADER_LEN + done, &mut bounce[..n]) {
-                    return Err(IOERR);
-                }
-                let at = offset + done;
-                disk.backend
-                    .write_at(&bounce[..n], at)
-                    .map_err(|e| backend_error(disk, "write", at, e))?;
-                done += n as u64;
-            }
+            // The readable bytes after the header are the data, whatever the buffer boundaries.
+            let mut result = Ok(());
+            for_pieces(
+                &c.readable,
+                HEADER_LEN,
+                readable_data as usize,
+                |addr, range| {
+                    let at = offset + range.start as u64;
+                    result = disk
+                        .backend
+                        .write_from_guest(mem, addr, range.len(), at)
+                        .map_err(|e| backend_error(disk, "write", at, e));
+                    result.is_ok()
+                },
+            );
+            result?;
             if !writeback && readable_data > 0 {
                 disk.backend
                     .flush()

@@ -11,9 +11,12 @@ use virtio_bindings::virtio_blk::*;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::request::{process_chain, Completion, Scratch, CHUNK, MAX_DESCRIPTORS};
+use super::request::{process_chain, process_chain_limited, Completion, Scratch, MAX_DESCRIPTORS};
 use super::*;
 use crate::pci::{MsiInterruptGroup, MsiMessage, PciDevice};
+use crate::rate_limiter::{
+    BucketConfig, LimiterChain, ManualClock, RateLimiter, RateLimiterConfig,
+};
 use crate::virtio::common::offsets;
 use crate::virtio::pci::{DEVICE_CONFIG_OFFSET, ISR_OFFSET, NOTIFY_OFFSET};
 use crate::virtio::queue::testing::{TestRing, F_INDIRECT, F_NEXT, F_WRITE};
@@ -595,10 +598,10 @@ fn good_indirect_request() {
 }
 
 #[test]
-fn large_requests_go_in_chunks() {
-    // 3 MiB + 512: more than one bounce buffer.
+fn large_requests() {
+    // 3 MiB + 512 in one buffer each way.
     let mut h = Harness::new(false);
-    let len = 3 * CHUNK + 512;
+    let len = 3 * (1 << 20) + 512;
     let sectors = (len as u64) / SECTOR_SIZE + 8;
     h.shared
         .data
@@ -808,6 +811,7 @@ struct Driver {
     ring: TestRing,
     triggers: Arc<Triggers>,
     shared: Arc<MemDisk>,
+    stats: Arc<SharedStats>,
 }
 
 fn bar_w(dev: &mut VirtioPciDevice, offset: u64, width: usize, value: u64) {
@@ -822,6 +826,14 @@ fn bar_r(dev: &mut VirtioPciDevice, offset: u64, width: usize) -> u64 {
 
 impl Driver {
     fn new(read_only: bool) -> Self {
+        Self::with_limiter(read_only, None)
+    }
+
+    fn with_limiter(read_only: bool, limiter: Option<LimiterChain>) -> Self {
+        Self::with_queues(read_only, limiter, 1)
+    }
+
+    fn with_queues(read_only: bool, limiter: Option<LimiterChain>, queues: u16) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
         let shared = Arc::new(MemDisk {
             data: Mutex::new(pattern((SECTORS * SECTOR_SIZE) as usize, 1)),
@@ -830,7 +842,10 @@ impl Driver {
         });
         let mut cfg = VirtioBlkConfig::new("/mem/disk");
         cfg.id = Some("drv".into());
-        let blk = VirtioBlk::with_backend(&cfg, Box::new(Shared(shared.clone()))).unwrap();
+        cfg.queues = queues;
+        let mut blk = VirtioBlk::with_backend(&cfg, Box::new(Shared(shared.clone()))).unwrap();
+        blk.set_rate_limiter(limiter);
+        let stats = blk.throttle_stats_handle();
         let mut dev = VirtioPciDevice::new(Box::new(blk), mem.clone()).unwrap();
         let triggers = Arc::new(Triggers::default());
         let msix = dev.msix().unwrap();
@@ -861,6 +876,7 @@ impl Driver {
             ring,
             triggers,
             shared,
+            stats,
         }
     }
 
@@ -1070,4 +1086,338 @@ fn queue_size_rejection_through_the_bar() {
     // Dropping an active device stops its worker.
     assert_eq!(d.init(0, 8), 0xf);
     drop(d);
+}
+
+// ---- Rate limits: requests wait in the ring for the limiter's timer. ----
+
+/// Which requests are limited and what they cost.
+#[test]
+fn request_costs() {
+    let mut h = Harness::new(false);
+    let cost_of = |h: &mut Harness, request_type: u32, sector: u64, descs: &[(u64, u32, u16)]| {
+        h.header(request_type, sector);
+        let head = h.ring.chain(0, descs);
+        h.ring.publish(head);
+        let chain = h.queue.pop_descriptor_chain(&h.mem).unwrap();
+        let mut seen = None;
+        let done = process_chain_limited(&h.mem, &h.disk, true, chain, &mut h.scratch, |c| {
+            seen = Some(c);
+            true
+        });
+        assert!(done.is_some());
+        seen
+    };
+    let read = [(HDR, 16, 0), (DATA, 2048, F_WRITE), (STATUS, 1, F_WRITE)];
+    let write = [(HDR, 16, 0), (DATA, 1024, 0), (STATUS, 1, F_WRITE)];
+    let bare = [(HDR, 16, 0), (STATUS, 1, F_WRITE)];
+    let c = |ops, bytes| Some(Cost { ops, bytes });
+    assert_eq!(cost_of(&mut h, VIRTIO_BLK_T_IN, 0, &read), c(1, 2048));
+    assert_eq!(cost_of(&mut h, VIRTIO_BLK_T_OUT, 8, &write), c(1, 1024));
+    // Requests that will fail cost their operation only.
+    assert_eq!(
+        cost_of(&mut h, VIRTIO_BLK_T_IN, SECTORS - 1, &read),
+        c(1, 0)
+    );
+    assert_eq!(cost_of(&mut h, VIRTIO_BLK_T_IN, u64::MAX, &read), c(1, 0));
+    // Hole punching moves no data.
+    let seg = [(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)];
+    h.mem.write_slice(&[0u8; 16], GuestAddress(DATA)).unwrap();
+    assert_eq!(cost_of(&mut h, VIRTIO_BLK_T_DISCARD, 0, &seg), c(1, 0));
+    assert_eq!(cost_of(&mut h, VIRTIO_BLK_T_WRITE_ZEROES, 0, &seg), c(1, 0));
+    // Not limited.
+    assert_eq!(cost_of(&mut h, VIRTIO_BLK_T_FLUSH, 0, &bare), None);
+    assert_eq!(cost_of(&mut h, VIRTIO_BLK_T_GET_ID, 0, &read), None);
+    assert_eq!(cost_of(&mut h, 99, 0, &bare), None);
+    assert_eq!(
+        cost_of(
+            &mut h,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[(HDR, 8, 0), (STATUS, 1, F_WRITE)]
+        ),
+        None
+    );
+    // A read-only disk: writes cost no bytes.
+    let mut h = Harness::new(true);
+    assert_eq!(cost_of(&mut h, VIRTIO_BLK_T_OUT, 8, &write), c(1, 0));
+
+    // A refused request is left untouched: no status, no data.
+    let mut h = Harness::new(false);
+    h.header(VIRTIO_BLK_T_IN, 0);
+    h.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+    let head = h.ring.chain(
+        0,
+        &[(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, F_WRITE)],
+    );
+    h.ring.publish(head);
+    let chain = h.queue.pop_descriptor_chain(&h.mem).unwrap();
+    let done = process_chain_limited(&h.mem, &h.disk, true, chain, &mut h.scratch, |_| false);
+    assert_eq!(done, None);
+    assert_eq!(h.status(), 0xaa);
+    let mut data = [0u8; 512];
+    h.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+    assert_eq!(data, [0x5a; 512]);
+}
+
+/// One descriptor: address, length, flags.
+type Desc = (u64, u32, u16);
+
+/// A limiter on `clock`: `ops` operations per second (bucket of 1), `bytes` per second (bucket of
+/// `bytes_capacity`), either optional.
+fn manual_limiter(
+    clock: &ManualClock,
+    ops: Option<f64>,
+    bytes: Option<(f64, u64)>,
+) -> LimiterChain {
+    let config = RateLimiterConfig {
+        ops: ops.map(|rate| BucketConfig::fixed(rate, 1)),
+        bytes: bytes.map(|(rate, capacity)| BucketConfig::fixed(rate, capacity)),
+    };
+    LimiterChain::new(
+        RateLimiter::with_clock(&config, clock.shared()).unwrap(),
+        None,
+    )
+}
+
+fn status_at(d: &Driver, at: u64) -> u8 {
+    d.mem.read_obj(GuestAddress(at)).unwrap()
+}
+
+/// The real worker and timerfd, time from a manual clock: at 10 IOPS with a bucket of one, the
+/// first read goes at once, the second stays in the ring (status untouched) however long real time
+/// runs, and goes as soon as the clock has moved 100 ms; the worker sleeps in between (a handful of
+/// timer wake-ups, no spinning).
+#[test]
+fn held_requests_stay_in_the_ring_until_the_limiter_allows_them() {
+    let clock = ManualClock::new();
+    let mut d = Driver::with_limiter(false, Some(manual_limiter(&clock, Some(10.0), None)));
+    assert_eq!(d.init(1 << VIRTIO_BLK_F_FLUSH, 16), 0xf);
+    for i in 0..3u64 {
+        d.header(HDR + 0x100 * i, VIRTIO_BLK_T_IN, 2 * i);
+        d.mem.write_obj(0xeeu8, GuestAddress(STATUS + i)).unwrap();
+        let head = d.ring.chain(
+            3 * i as u16,
+            &[
+                (HDR + 0x100 * i, 16, 0),
+                (DATA + 0x1000 * i, 1024, F_WRITE),
+                (STATUS + i, 1, F_WRITE),
+            ],
+        );
+        d.ring.publish(head);
+    }
+    bar_w(&mut d.dev, NOTIFY_OFFSET, 2, 0);
+    d.wait_used(1);
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(
+        d.ring.used_idx(),
+        1,
+        "the clock has not moved: nothing else may go"
+    );
+    assert_eq!(
+        status_at(&d, STATUS + 1),
+        0xee,
+        "a held request is untouched"
+    );
+    // The worker woke when its timer said (every 100 ms of real time, re-armed each time the
+    // manual clock had not moved), not in a loop.
+    let blk_stats = d.stats.get();
+    assert!(
+        blk_stats.held >= 2 && blk_stats.wakeups >= 2,
+        "{blk_stats:?}"
+    );
+    assert!(blk_stats.wakeups <= 5, "the worker spins: {blk_stats:?}");
+    // A notification for a held queue does not bypass the limiter.
+    bar_w(&mut d.dev, NOTIFY_OFFSET, 2, 0);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(d.ring.used_idx(), 1);
+    clock.advance(Duration::from_millis(100));
+    d.wait_used(2);
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(d.ring.used_idx(), 2, "one token, one request");
+    clock.advance(Duration::from_millis(100));
+    d.wait_used(3);
+    for i in 0..3u64 {
+        assert_eq!(status_at(&d, STATUS + i), 0);
+        let mut back = vec![0u8; 1024];
+        d.mem
+            .read_slice(&mut back, GuestAddress(DATA + 0x1000 * i))
+            .unwrap();
+        assert_eq!(
+            back,
+            d.shared.data.lock().unwrap()[(1024 * i) as usize..][..1024]
+        );
+    }
+    assert_eq!(d.stats.get().admitted, 3);
+}
+
+/// Bytes are charged; FLUSH and GET_ID are not limited (they pass an empty bucket); the limiter and
+/// its buckets outlive a device reset.
+#[test]
+fn bytes_limit_and_unlimited_requests() {
+    let clock = ManualClock::new();
+    let mut d = Driver::with_limiter(
+        false,
+        Some(manual_limiter(&clock, None, Some((4096.0, 4096)))),
+    );
+    assert_eq!(d.init(1 << VIRTIO_BLK_F_FLUSH, 16), 0xf);
+    let requests: [(u32, &[Desc]); 4] = [
+        (
+            VIRTIO_BLK_T_IN,
+            &[(HDR, 16, 0), (DATA, 4096, F_WRITE), (STATUS, 1, F_WRITE)],
+        ),
+        (
+            VIRTIO_BLK_T_FLUSH,
+            &[(HDR + 0x100, 16, 0), (STATUS + 1, 1, F_WRITE)],
+        ),
+        (
+            VIRTIO_BLK_T_GET_ID,
+            &[
+                (HDR + 0x200, 16, 0),
+                (DATA + 0x2000, 20, F_WRITE),
+                (STATUS + 2, 1, F_WRITE),
+            ],
+        ),
+        (
+            VIRTIO_BLK_T_IN,
+            &[
+                (HDR + 0x300, 16, 0),
+                (DATA + 0x3000, 512, F_WRITE),
+                (STATUS + 3, 1, F_WRITE),
+            ],
+        ),
+    ];
+    let mut first = 0u16;
+    for (i, (request_type, descs)) in requests.iter().enumerate() {
+        d.header(HDR + 0x100 * i as u64, *request_type, 0);
+        d.mem
+            .write_obj(0xeeu8, GuestAddress(STATUS + i as u64))
+            .unwrap();
+        let head = d.ring.chain(first, descs);
+        first += descs.len() as u16;
+        d.ring.publish(head);
+    }
+    bar_w(&mut d.dev, NOTIFY_OFFSET, 2, 0);
+    d.wait_used(3);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(d.ring.used_idx(), 3, "the 4 KiB read emptied the bucket");
+    assert_eq!(status_at(&d, STATUS + 3), 0xee);
+    // 512 bytes at 4096 B/s: 125 ms.
+    clock.advance(Duration::from_millis(124));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(d.ring.used_idx(), 3);
+    clock.advance(Duration::from_millis(1));
+    d.wait_used(4);
+    // A reset gives the limiter back to the device and the next activation to the new worker:
+    // its bucket is as the last request left it (empty), not refilled.
+    assert_eq!(d.init(1 << VIRTIO_BLK_F_FLUSH, 16), 0xf);
+    d.header(HDR, VIRTIO_BLK_T_IN, 0);
+    let head = d.ring.chain(
+        0,
+        &[(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, F_WRITE)],
+    );
+    d.ring.publish(head);
+    bar_w(&mut d.dev, NOTIFY_OFFSET, 2, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(d.ring.used_idx(), 0, "the bucket survived the reset");
+    clock.advance(Duration::from_millis(125));
+    d.wait_used(1);
+}
+
+/// Two queues behind one limiter take turns: at 10 IOPS (a bucket of one) with three reads waiting
+/// on each queue, the full bucket admits the first read of the first queue served, whose second read
+/// is then the first one refused; after that every 100 ms of clock admits one read, starting with the
+/// refused one and alternating between the queues while both have work, so neither waits for the
+/// other to drain.
+#[test]
+fn held_queues_take_turns() {
+    let clock = ManualClock::new();
+    let mut d = Driver::with_queues(false, Some(manual_limiter(&clock, Some(10.0), None)), 2);
+    // The driver's initialisation with both queues (queue 1's ring at 0x3000).
+    let mut second = TestRing::new(&d.mem, 0x3000, 16);
+    {
+        let dev = &mut d.dev;
+        for status in [0u64, 1, 3] {
+            bar_w(dev, offsets::DEVICE_STATUS, 1, status);
+        }
+        bar_w(dev, offsets::DRIVER_FEATURE_SELECT, 4, 0);
+        bar_w(
+            dev,
+            offsets::DRIVER_FEATURE,
+            4,
+            1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_MQ,
+        );
+        bar_w(dev, offsets::DRIVER_FEATURE_SELECT, 4, 1);
+        bar_w(dev, offsets::DRIVER_FEATURE, 4, 1);
+        bar_w(dev, offsets::DEVICE_STATUS, 1, 0xb);
+        for (q, ring) in [(0u64, &d.ring), (1, &second)] {
+            bar_w(dev, offsets::QUEUE_SELECT, 2, q);
+            bar_w(dev, offsets::QUEUE_SIZE, 2, 16);
+            bar_w(dev, offsets::QUEUE_DESC, 8, ring.desc);
+            bar_w(dev, offsets::QUEUE_DRIVER, 8, ring.avail);
+            bar_w(dev, offsets::QUEUE_DEVICE, 8, ring.used);
+            bar_w(dev, offsets::QUEUE_MSIX_VECTOR, 2, 1);
+            bar_w(dev, offsets::QUEUE_ENABLE, 2, 1);
+        }
+        bar_w(dev, offsets::DEVICE_STATUS, 1, 0xf);
+        assert_eq!(bar_r(dev, offsets::DEVICE_STATUS, 1), 0xf);
+    }
+    for (q, ring) in [(0u64, &mut d.ring), (1, &mut second)] {
+        for i in 0..3u64 {
+            let n = 3 * q + i;
+            let hdr = HDR + 0x100 * n;
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+            d.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+            let head = ring.chain(
+                3 * i as u16,
+                &[
+                    (hdr, 16, 0),
+                    (DATA + 0x1000 * n, 512, F_WRITE),
+                    (STATUS + n, 1, F_WRITE),
+                ],
+            );
+            ring.publish(head);
+        }
+    }
+    bar_w(&mut d.dev, NOTIFY_OFFSET, 2, 0);
+    bar_w(&mut d.dev, NOTIFY_OFFSET + 4, 2, 1);
+    let used = |d: &Driver, second: &TestRing| (d.ring.used_idx(), second.used_idx());
+    let wait_total = |d: &Driver, second: &TestRing, total: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (a, b) = used(d, second);
+            if a + b >= total {
+                return (a, b);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stuck at {a} + {b}, want {total}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let mut order = vec![wait_total(&d, &second, 1)];
+    for total in 2..=6u16 {
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            used(&d, &second),
+            *order.last().unwrap(),
+            "one token, one read"
+        );
+        clock.advance(Duration::from_millis(100));
+        order.push(wait_total(&d, &second, total));
+    }
+    // Which queue completed at each step (from nothing completed).
+    order.insert(0, (0, 0));
+    let winners: Vec<usize> = order
+        .windows(2)
+        .map(|w| if w[1].0 > w[0].0 { 0 } else { 1 })
+        .collect();
+    // The first queue served gets the full bucket's read and then leads with its refused one; the
+    // next four alternate; the last is whatever is left.
+    assert_eq!(winners[0], winners[1], "{order:?}");
+    for pair in winners[1..5].windows(2) {
+        assert_ne!(pair[0], pair[1], "a queue went twice in a row: {order:?}");
+    }
+    assert_eq!(*order.last().unwrap(), (3, 3));
 }
