@@ -308,9 +308,9 @@ impl VirtioDevice for VirtioBlk {
             epoll,
             scratch: Scratch::default(),
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || worker.run())?;
+        let thread = ctx
+            .spawner
+            .spawn("virtio-blk", Box::new(move || worker.run()))?;
         self.worker = Some(Worker {
             stop,
             stop_fd,

@@ -307,9 +307,9 @@ impl VirtioDevice for VirtioNet {
             pending: None,
             chain: Chain::default(),
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || worker.run())?;
+        let thread = ctx
+            .spawner
+            .spawn("virtio-net", Box::new(move || worker.run()))?;
         self.worker = Some(Worker {
             stop,
             stop_fd,
