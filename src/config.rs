@@ -103,6 +103,13 @@ pub struct VmConfig {
     /// virtio-net devices, attached after the disks, in PCI slot order.
     pub nets: Vec<crate::net::NetConfig>,
     // -- end virtio-net --
+    // -- seccomp sandbox (issue 6) --
+    /// Install the per-thread seccomp filters (docs/security.md); `--no-seccomp` turns them off.
+    pub seccomp: bool,
+    /// Test hook (`--debug-forbidden-syscall`): threads of this class make a forbidden call once
+    /// sandboxed.
+    pub debug_forbidden_syscall: Option<crate::seccomp::ThreadClass>,
+    // -- end seccomp sandbox --
 }
 
 /// The command line a guest gets when none is given.
@@ -378,6 +385,8 @@ impl RawConfig {
             memory,
             serial,
             cpu_profile,
+            seccomp: true,
+            debug_forbidden_syscall: None,
         })
     }
 }
