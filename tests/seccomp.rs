@@ -89,7 +89,7 @@ fn a_forbidden_call_from_any_other_thread_class_stops_flint_too() {
     }
     forbidden_call_stops_flint("boot", "main", "main", &[]);
     forbidden_call_stops_flint("boot", "spawner", "worker spawner", &[]);
-    // An NVMe volume's worker starts while the VM is built.
+    // An NVMe volume's worker starts (and is sandboxed) while the VM is built.
     let volume = scratch_disk("seccomp-forbidden.img", 1 << 20);
     let volume = format!("path={}", volume.display());
     forbidden_call_stops_flint("boot", "device", "device I/O", &["--volume", &volume]);

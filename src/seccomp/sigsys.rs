@@ -7,6 +7,8 @@
 //! from the trap: it cannot install another handler (rt_sigaction is on no list), and a trap while
 //! SIGSYS is blocked makes the kernel kill the process.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use vmm_sys_util::signal::register_signal_handler;
 
 use super::syscall_names::syscall_name;
@@ -76,7 +78,21 @@ fn write_message(out: &mut LineBuffer, from_seccomp: bool, class_id: i32, nr: i6
     out.len += 1;
 }
 
+/// Set by the first thread to trap: one message per process, even when several threads trap at once.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    if REPORTED.swap(true, Ordering::SeqCst) {
+        // Another thread is reporting and will end the process; wait for that.
+        loop {
+            let second = libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            // SAFETY: nanosleep(2) is async-signal-safe and only reads the valid local timespec.
+            unsafe { libc::nanosleep(&second, std::ptr::null_mut()) };
+        }
+    }
     // SAFETY: the kernel calls an SA_SIGINFO handler with a pointer to a complete siginfo_t (128
     // bytes), valid for the handler's duration; SigsysInfo is a plain-integer prefix of it (32
     // bytes) with the kernel's layout, so reading it reads initialised memory of the right types.

@@ -42,20 +42,35 @@ impl SpawnWorker for SandboxedSpawner {
     }
 }
 
-/// Starts a worker: the new thread installs the device filter before it runs `body`, and if that
-/// fails it stops the VM instead.
+/// Starts a worker: the new thread installs the device filter before it runs `body`, and the handle
+/// is returned only once it has, so a device never hands guest work to an unfiltered thread. If the
+/// filter cannot be installed the body never runs and the VM stops.
 fn start_worker(
     request: Request,
     sandbox: &Arc<Sandbox>,
     exit: &Arc<ExitController>,
 ) -> std::io::Result<JoinHandle<()>> {
     let (sandbox, exit, body) = (sandbox.clone(), exit.clone(), request.body);
-    std::thread::Builder::new()
+    let (filtered_tx, filtered) = sync_channel::<Result<(), String>>(1);
+    let handle = std::thread::Builder::new()
         .name(request.name)
         .spawn(move || match sandbox.install(ThreadClass::Device) {
-            Ok(()) => body(),
-            Err(e) => exit.stop(VmOutcome::Error(e.to_string())),
-        })
+            Ok(()) => {
+                let _ = filtered_tx.send(Ok(()));
+                body()
+            }
+            Err(e) => {
+                exit.stop(VmOutcome::Error(e.to_string()));
+                let _ = filtered_tx.send(Err(e.to_string()));
+            }
+        })?;
+    match filtered.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(why)) => Err(std::io::Error::other(why)),
+        Err(_) => Err(std::io::Error::other(
+            "the worker thread ended before it was sandboxed",
+        )),
+    }
 }
 
 /// Starts the spawner thread, sandboxed as [`ThreadClass::Spawner`], and returns the handle devices
