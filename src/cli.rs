@@ -94,6 +94,20 @@ pub struct RunArgs {
     /// CPUID profile: auto (pvm-compat on PVM hosts), host or pvm-compat [default: auto].
     #[arg(long, value_name = "PROFILE")]
     pub cpu_profile: Option<String>,
+    // -- seccomp sandbox (issue 6) --
+    /// Run without the per-thread seccomp filters (for debugging; see docs/security.md).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Test hook, not for users: threads of THREAD (main, vcpu, device, spawner) make a forbidden
+    /// system call right after their filter is installed.
+    #[arg(long, hide = true, value_name = "THREAD", value_parser = parse_thread_class)]
+    pub debug_forbidden_syscall: Option<crate::seccomp::ThreadClass>,
+    // -- end seccomp sandbox --
+}
+
+fn parse_thread_class(text: &str) -> Result<crate::seccomp::ThreadClass, String> {
+    crate::seccomp::ThreadClass::parse(text)
+        .ok_or_else(|| format!("'{text}' is not one of main, vcpu, device, spawner"))
 }
 
 impl RunArgs {
@@ -120,7 +134,10 @@ impl RunArgs {
             Some(path) => RawConfig::from_file(path)?,
             None => RawConfig::default(),
         };
-        base.overridden_by(flags).validate()
+        let mut config = base.overridden_by(flags).validate()?;
+        config.seccomp = !self.no_seccomp;
+        config.debug_forbidden_syscall = self.debug_forbidden_syscall;
+        Ok(config)
     }
 }
 
@@ -171,5 +188,32 @@ mod tests {
             panic!("not a run command");
         };
         assert!(args.to_config().is_err());
+    }
+
+    #[test]
+    fn seccomp_flags() {
+        let config = |args: &[&str]| {
+            let Command::Run(run) = parse(args).unwrap().command else {
+                panic!("not a run command");
+            };
+            run.to_config().unwrap()
+        };
+        let c = config(&["run", "--kernel", "/k"]);
+        assert!(c.seccomp);
+        assert_eq!(c.debug_forbidden_syscall, None);
+        let c = config(&[
+            "run",
+            "--kernel",
+            "/k",
+            "--no-seccomp",
+            "--debug-forbidden-syscall",
+            "vcpu",
+        ]);
+        assert!(!c.seccomp);
+        assert_eq!(
+            c.debug_forbidden_syscall,
+            Some(crate::seccomp::ThreadClass::Vcpu)
+        );
+        assert!(parse(&["run", "--debug-forbidden-syscall", "gpu"]).is_err());
     }
 }

@@ -107,6 +107,13 @@ pub struct VmConfig {
     /// How long a full network burst-credit balance lasts at the cap's maximum (zero: no credits).
     pub net_burst: Duration,
     // -- end virtio-net --
+    // -- seccomp sandbox (issue 6) --
+    /// Install the per-thread seccomp filters (docs/security.md); `--no-seccomp` turns them off.
+    pub seccomp: bool,
+    /// Test hook (`--debug-forbidden-syscall`): threads of this class make a forbidden call once
+    /// sandboxed.
+    pub debug_forbidden_syscall: Option<crate::seccomp::ThreadClass>,
+    // -- end seccomp sandbox --
 }
 
 /// The command line a guest gets when none is given.
@@ -413,6 +420,8 @@ impl RawConfig {
             memory,
             serial,
             cpu_profile,
+            seccomp: true,
+            debug_forbidden_syscall: None,
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod interrupts;
 pub mod loader;
 pub mod net;
 pub mod pci;
+pub mod seccomp;
 pub mod signals;
 pub mod terminal;
 pub mod vcpu;

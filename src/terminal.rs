@@ -2,10 +2,13 @@
 //! normal exit (guard drop), on error paths (the guard lives in `main`'s scope), and on panic (a panic
 //! hook restores before the message prints).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The terminal settings to restore, shared with the panic hook.
 static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// The same settings for a signal handler, which must not take a lock (the seccomp SIGSYS handler).
+static ORIGINAL_FOR_SIGNAL_HANDLERS: OnceLock<libc::termios> = OnceLock::new();
 
 /// Restores stdin's original terminal mode when dropped.
 pub struct RawModeGuard {
@@ -37,6 +40,7 @@ pub fn enter_raw_mode() -> std::io::Result<Option<RawModeGuard>> {
     // Keep output post-processing so the host's "\n" still returns the carriage for VMM log lines.
     raw.c_oflag = original.c_oflag;
     *SAVED_TERMIOS.lock().unwrap_or_else(|p| p.into_inner()) = Some(original);
+    let _ = ORIGINAL_FOR_SIGNAL_HANDLERS.set(original);
     install_panic_hook();
     // SAFETY: tcsetattr reads the valid termios we pass; it changes only the terminal's settings.
     if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
@@ -54,6 +58,16 @@ pub fn restore() {
     if let Some(termios) = saved {
         // SAFETY: tcsetattr reads the valid termios saved by enter_raw_mode.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &termios) };
+    }
+}
+
+/// Restores the original terminal mode from a signal handler: no lock, no allocation, and
+/// harmless if the mode was restored already.
+pub fn restore_from_signal_handler() {
+    if let Some(original) = ORIGINAL_FOR_SIGNAL_HANDLERS.get() {
+        // SAFETY: tcsetattr is async-signal-safe (POSIX) and only reads the termios, which was
+        // fully initialised by enter_raw_mode before it was stored and is never modified after.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, original) };
     }
 }
 

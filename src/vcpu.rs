@@ -18,6 +18,7 @@ use crate::arch::x86_64::cpuid::{shape_cpuid, CpuProfile};
 use crate::arch::x86_64::regs::{entry_regs, initial_fpu, setup_sregs, EntryMode};
 use crate::arch::x86_64::{lapic, msr};
 use crate::exit::{ExitController, VmOutcome};
+use crate::seccomp::{Sandbox, StartGate, ThreadClass};
 
 /// Reads from addresses no device claims return all ones, as on a real bus with nothing driving it.
 const UNCLAIMED_READ_VALUE: u8 = 0xff;
@@ -113,10 +114,20 @@ pub struct VcpuRunContext {
     pub stop: Arc<AtomicBool>,
     /// When the VMM process started, for the start-up time log line.
     pub process_start: Instant,
+    /// The seccomp filters the thread installs on itself before anything else.
+    pub sandbox: Arc<Sandbox>,
+    /// Opened by the main thread once it is sandboxed too; the guest runs only after that.
+    pub start_gate: Arc<StartGate>,
 }
 
-/// The vCPU thread body: runs until the VM stops.
+/// The vCPU thread body: sandboxes itself, waits for the start gate, then runs until the VM stops.
 pub fn run(index: u32, mut vcpu: VcpuFd, ctx: VcpuRunContext) {
+    if let Err(e) = ctx.sandbox.install(ThreadClass::Vcpu) {
+        ctx.exit
+            .stop(VmOutcome::Error(format!("vCPU {index}: {e}")));
+        return;
+    }
+    ctx.start_gate.wait();
     let mut first_run = index == 0;
     while !ctx.stop.load(Ordering::Acquire) {
         if first_run {

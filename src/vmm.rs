@@ -36,14 +36,25 @@ use crate::console::ConsoleInput;
 use crate::exit::{ExitController, VmOutcome};
 use crate::loader::{load_initrd, load_kernel};
 use crate::pci::PciSystem;
+use crate::seccomp::{Sandbox, StartGate, ThreadClass};
 use crate::vcpu::{self, BootEntry, VcpuRunContext};
 use crate::volume::VolumeConfig;
 use crate::{host, signals, terminal};
 use devices::nvme::pci::NvmePci;
 use devices::nvme::NvmeConfig;
+use devices::worker::WorkerSpawner;
 
 /// Runs the VM described by `config` until it stops, and says why it stopped.
 pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcome> {
+    // -- seccomp sandbox (issue 6): compiled now, installed by each thread (src/seccomp/) --
+    let sandbox = if config.seccomp {
+        Sandbox::new()?
+    } else {
+        log::info!("seccomp: off (--no-seccomp)");
+        Sandbox::disabled()
+    };
+    let sandbox = Arc::new(sandbox.with_forbidden_call_in(config.debug_forbidden_syscall));
+    // -- end seccomp sandbox --
     let profile = resolve_cpu_profile(config.cpu_profile);
     let kvm = Kvm::new().context("cannot open /dev/kvm (is KVM available and accessible?)")?;
     check_kvm(&kvm, config.cpus)?;
@@ -125,6 +136,8 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     );
 
     let exit = Arc::new(ExitController::new().context("cannot create the exit eventfd")?);
+    // Device workers are created by this sandboxed thread, never by the vCPU that starts a device.
+    let spawner = crate::seccomp::spawner::start(sandbox.clone(), exit.clone())?;
     let platform = create_platform_devices(&vm, config, exit.clone(), process_start)?;
 
     let boot = BootEntry {
@@ -176,12 +189,12 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
     // -- EBS rate limits (issue 5): the instance's EBS cap, shared by every volume --
     let ebs = crate::volume::instance_ebs_limiter(&config.instance, config.ebs_burst)?;
     for (index, volume) in config.volumes.iter().enumerate() {
-        attach_volume(&pci, &mem, index, volume, &ebs)?;
+        attach_volume(&pci, &mem, &spawner, index, volume, &ebs)?;
     }
     // -- end EBS rate limits --
     // -- virtio-blk disks (issue 4): one virtio-pci device each, after the volumes --
     for (index, disk) in config.disks.iter().enumerate() {
-        attach_disk(&pci, &mem, index, disk)?;
+        attach_disk(&pci, &mem, &spawner, index, disk)?;
     }
     // -- end virtio-blk disks --
     // -- virtio-net (issue 4): one virtio-pci device per --net, after the disks --
@@ -191,10 +204,11 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
         crate::net::instance_net_limits(&config.net_cap, config.net_burst)?
     };
     for (index, net) in config.nets.iter().enumerate() {
-        attach_net(&pci, &mem, index, net, config.cpus, &net_limits)?;
+        attach_net(&pci, &mem, &spawner, index, net, config.cpus, &net_limits)?;
     }
     // -- end virtio-net --
     let mut threads = Vec::with_capacity(vcpus.len());
+    let start_gate = Arc::new(StartGate::new());
     for (index, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuRunContext {
             pio: pio.clone(),
@@ -202,6 +216,8 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
             exit: exit.clone(),
             stop: stop.clone(),
             process_start,
+            sandbox: sandbox.clone(),
+            start_gate: start_gate.clone(),
         };
         let index = index as u32;
         let spawned = std::thread::Builder::new()
@@ -218,6 +234,15 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
             }
         }
     }
+    // The vCPU threads are sandboxed and wait at the gate; the main thread sandboxes itself (it
+    // creates no thread from here on) and only then lets the guest run.
+    if let Err(e) = sandbox.install(ThreadClass::Main) {
+        exit.stop(VmOutcome::Error(e.to_string()));
+    }
+    if exit.outcome().is_some() {
+        stop.store(true, Ordering::Release);
+    }
+    start_gate.open();
 
     while exit.outcome().is_none() {
         if let Err(e) = event_manager.run() {
@@ -241,6 +266,7 @@ pub fn run(config: &VmConfig, process_start: Instant) -> anyhow::Result<VmOutcom
 fn attach_volume(
     pci: &PciSystem,
     mem: &GuestMemoryMmap,
+    spawner: &WorkerSpawner,
     index: usize,
     volume: &VolumeConfig,
     ebs: &devices::rate_limiter::SharedRateLimiter,
@@ -253,8 +279,9 @@ fn attach_volume(
         .name
         .clone()
         .or_else(|| devices::nvme::default_device_name(index));
-    let device = NvmePci::with_rate_limiter(&nvme, mem.clone(), Some(volume.limiter(ebs)?))
-        .map_err(|e| anyhow::anyhow!("--volume path={}: {e}", volume.path.display()))?;
+    let device =
+        NvmePci::with_worker_spawner(&nvme, mem.clone(), Some(volume.limiter(ebs)?), spawner)
+            .map_err(|e| anyhow::anyhow!("--volume path={}: {e}", volume.path.display()))?;
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
     log::info!(
         "volume {} is NVMe controller {index} at PCI 00:{slot:02x}.0",
@@ -268,6 +295,7 @@ fn attach_volume(
 fn attach_disk(
     pci: &PciSystem,
     mem: &GuestMemoryMmap,
+    spawner: &WorkerSpawner,
     index: usize,
     disk: &crate::disk::DiskConfig,
 ) -> anyhow::Result<()> {
@@ -282,7 +310,8 @@ fn attach_disk(
     let mut blk = VirtioBlk::new(&config).map_err(|e| context(&e))?;
     blk.set_rate_limiter(disk.limiter()?);
     let (sectors, id) = (blk.sectors(), blk.id());
-    let device = VirtioPciDevice::new(Box::new(blk), mem.clone()).map_err(|e| context(&e))?;
+    let mut device = VirtioPciDevice::new(Box::new(blk), mem.clone()).map_err(|e| context(&e))?;
+    device.set_worker_spawner(spawner.clone());
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
     log::info!(
         "disk {} is virtio-blk device {index} at PCI 00:{slot:02x}.0 ({sectors} sectors, id {id}{})",
@@ -298,6 +327,7 @@ fn attach_disk(
 fn attach_net(
     pci: &PciSystem,
     mem: &GuestMemoryMmap,
+    spawner: &WorkerSpawner,
     index: usize,
     net: &crate::net::NetConfig,
     cpus: u32,
@@ -325,7 +355,9 @@ fn attach_net(
         .map_err(|e| context(&e))?
         .with_tap_control(Box::new(control))
         .with_rate_limits(limits.clone());
-    let device = VirtioPciDevice::new(Box::new(device), mem.clone()).map_err(|e| context(&e))?;
+    let mut device =
+        VirtioPciDevice::new(Box::new(device), mem.clone()).map_err(|e| context(&e))?;
+    device.set_worker_spawner(spawner.clone());
     let slot = pci.attach_pci_device(Arc::new(Mutex::new(device)))?;
     log::info!(
         "TAP {} is virtio-net device {index} at PCI 00:{slot:02x}.0 (MAC {}, {pairs} queue pair{})",

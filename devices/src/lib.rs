@@ -18,6 +18,7 @@ pub mod serial;
 pub mod virtio;
 pub mod virtio_blk;
 pub mod virtio_net;
+pub mod worker;
 
 /// Why the guest asked the VM to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

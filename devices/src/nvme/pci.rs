@@ -33,6 +33,7 @@ use crate::pci::{
     Msix, MsixLayout, PciBar, PciBarKind, PciConfigSpace, PciDevice, PciError, PciIds,
 };
 use crate::rate_limiter::LimiterChain;
+use crate::worker::WorkerSpawner;
 
 /// The BAR holding registers, doorbells and MSI-X structures.
 pub const NVME_BAR: u8 = 0;
@@ -205,6 +206,17 @@ impl NvmePci {
         mem: GuestMemoryMmap,
         limiter: Option<LimiterChain>,
     ) -> Result<Self, NvmePciError> {
+        Self::with_worker_spawner(config, mem, limiter, &WorkerSpawner::default())
+    }
+
+    /// [`Self::with_rate_limiter`], with the worker thread started through `spawner` (the VMM's
+    /// sandboxed spawner, docs/security.md).
+    pub fn with_worker_spawner(
+        config: &NvmeConfig,
+        mem: GuestMemoryMmap,
+        limiter: Option<LimiterChain>,
+        spawner: &WorkerSpawner,
+    ) -> Result<Self, NvmePciError> {
         let queues = usize::from(config.max_queue_pairs) + 1;
         let vectors = config.max_queue_pairs.saturating_add(1);
         let register_len = (super::registers::cq_head_doorbell(config.max_queue_pairs) + 4)
@@ -252,9 +264,10 @@ impl NvmePci {
         let controller = Arc::new(Mutex::new(controller));
         let worker = {
             let (controller, wake) = (controller.clone(), wake.clone());
-            std::thread::Builder::new()
-                .name("nvme-worker".into())
-                .spawn(move || worker_loop(controller, wake, epoll))?
+            spawner.spawn(
+                "nvme-worker",
+                Box::new(move || worker_loop(controller, wake, epoll)),
+            )?
         };
         Ok(NvmePci {
             config: space,

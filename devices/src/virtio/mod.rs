@@ -34,6 +34,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::pci::Msix;
+use crate::worker::WorkerSpawner;
 
 pub use common::CommonConfig;
 pub use pci::{VirtioPciDevice, VirtioPciError};
@@ -199,6 +200,8 @@ pub struct ActivateContext {
     pub queues: Vec<ActiveQueue>,
     /// How to interrupt the driver.
     pub interrupt: Arc<VirtioInterrupt>,
+    /// How to start worker threads (the VMM's sandboxed spawner; docs/security.md).
+    pub spawner: WorkerSpawner,
 }
 
 /// A virtio device's interrupt state, shared by the transport (which maps vectors and serves ISR

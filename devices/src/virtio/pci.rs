@@ -26,6 +26,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::worker::WorkerSpawner;
+
 use super::common::{Action, CommonConfig, COMMON_CONFIG_LEN};
 use super::{
     has_feature, ActivateContext, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
@@ -111,6 +113,7 @@ pub struct VirtioPciDevice {
     pci_cfg: PciCfgWindow,
     device_config_len: u64,
     active: bool,
+    spawner: WorkerSpawner,
 }
 
 fn cap_body(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
@@ -227,7 +230,13 @@ impl VirtioPciDevice {
             pci_cfg,
             device_config_len,
             active: false,
+            spawner: WorkerSpawner::default(),
         })
+    }
+
+    /// Workers of the device are started through `spawner` (default: plain threads).
+    pub fn set_worker_spawner(&mut self, spawner: WorkerSpawner) {
+        self.spawner = spawner;
     }
 
     /// The common configuration (for tests and diagnostics).
@@ -299,6 +308,7 @@ impl VirtioPciDevice {
                 acked_features: self.common.driver_features(),
                 queues,
                 interrupt: self.interrupt.clone(),
+                spawner: self.spawner.clone(),
             })
         });
         match result {

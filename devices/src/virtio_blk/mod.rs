@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_blk::{
@@ -136,8 +136,9 @@ pub fn validate_disk_id(id: &str) -> Result<(), VirtioBlkError> {
 struct Worker {
     stop: Arc<AtomicBool>,
     stop_fd: EventFd,
-    /// Gives the rate limiter back when the worker stops, so its buckets outlive a reset.
-    thread: JoinHandle<Option<LimiterChain>>,
+    thread: JoinHandle<()>,
+    /// Where the worker leaves the rate limiter when it stops, so its buckets outlive a reset.
+    limiter_back: Arc<Mutex<Option<LimiterChain>>>,
 }
 
 /// A virtio-blk device model (put it behind [`crate::virtio::VirtioPciDevice`]).
@@ -264,7 +265,13 @@ impl VirtioBlk {
                 log::error!("virtio-blk: cannot stop the worker: {e}");
             }
             match worker.thread.join() {
-                Ok(limiter) => self.limiter = limiter,
+                Ok(()) => {
+                    self.limiter = worker
+                        .limiter_back
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take()
+                }
                 Err(_) => log::error!("virtio-blk: the worker thread panicked"),
             }
         }
@@ -363,13 +370,20 @@ impl VirtioDevice for VirtioBlk {
             waiting: VecDeque::new(),
             stats: self.stats.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || worker.run())?;
+        let limiter_back = Arc::new(Mutex::new(None));
+        let back = limiter_back.clone();
+        let thread = ctx.spawner.spawn(
+            "virtio-blk",
+            Box::new(move || {
+                let limiter = worker.run();
+                *back.lock().unwrap_or_else(PoisonError::into_inner) = limiter;
+            }),
+        )?;
         self.worker = Some(Worker {
             stop,
             stop_fd,
             thread,
+            limiter_back,
         });
         Ok(())
     }

@@ -232,9 +232,10 @@ impl VirtioNet {
                 limits: self.limits.clone(),
             };
             let worker = PairWorker::new(setup)?;
-            let thread = std::thread::Builder::new()
-                .name(format!("virtio-net-q{pair}"))
-                .spawn(move || worker.run())?;
+            let thread = ctx.spawner.spawn(
+                &format!("virtio-net-q{pair}"),
+                Box::new(move || worker.run()),
+            )?;
             self.workers.push(Worker { stop, wake, thread });
         }
         Ok(())
