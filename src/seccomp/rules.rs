@@ -25,6 +25,8 @@ pub(super) const KVM_IRQFD: u64 = 0x4020_ae76;
 pub(super) const KVM_IOEVENTFD: u64 = 0x4040_ae79;
 pub(super) const KVM_SIGNAL_MSI: u64 = 0x4020_aea5;
 pub(super) const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+/// `TUNSETQUEUE`: attach or detach one queue of a multi-queue TAP (virtio-net queue pairs).
+pub(super) const TUNSETQUEUE: u64 = 0x4004_54d9;
 
 /// A call that fails with an error number instead of trapping.
 pub struct ErrnoRule {
@@ -156,6 +158,8 @@ fn vcpu_thread(rules: &mut Rules) {
             libc::SYS_epoll_create1,
             libc::SYS_epoll_ctl,
             libc::SYS_eventfd2,
+            // A virtio-net worker's rate-limiter timer, made when the driver starts the device.
+            libc::SYS_timerfd_create,
             libc::SYS_fdatasync,
         ],
     );
@@ -174,12 +178,15 @@ fn vcpu_thread(rules: &mut Rules) {
             KVM_IOEVENTFD,
             KVM_SIGNAL_MSI,
             TUNSETOFFLOAD,
+            // Starting virtio-net detaches the TAP queues of all but the first pair.
+            TUNSETQUEUE,
         ],
     );
 }
 
-/// A device worker: wait on its epoll, positional file I/O, fdatasync, hole punching, the rate
-/// limiter's timerfd, TAP reads and writes, interrupts through irqfds (writes).
+/// A device worker: wait on its epoll, file I/O (positional, or at the file offset after `lseek`
+/// for virtio-blk's direct I/O from guest memory), fdatasync, hole punching, the rate limiter's
+/// timerfd, TAP reads and writes, interrupts through irqfds (writes).
 fn device_thread(rules: &mut Rules) {
     allow(
         rules,
@@ -194,12 +201,15 @@ fn device_thread(rules: &mut Rules) {
             libc::SYS_pwrite64,
             libc::SYS_preadv,
             libc::SYS_pwritev,
+            libc::SYS_lseek,
             libc::SYS_fdatasync,
             libc::SYS_fsync,
             libc::SYS_timerfd_settime,
             libc::SYS_timerfd_gettime,
         ],
     );
+    // virtio-net's control queue attaches and detaches TAP queues as the driver sets its pairs.
+    allow_ioctls(rules, &[TUNSETQUEUE]);
     // Discard and write-zeroes punch a hole; no other fallocate mode.
     rules.insert(
         libc::SYS_fallocate,
@@ -313,6 +323,7 @@ mod tests {
             )
         );
         assert_eq!(TUNSETOFFLOAD, libc::TUNSETOFFLOAD);
+        assert_eq!(TUNSETQUEUE, libc::TUNSETQUEUE);
     }
 
     #[test]
