@@ -27,12 +27,13 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -503,33 +504,17 @@ impl NetWorker {
                     Err(e) => return self.broken(RX, "cannot enable notifications", e),
                 }
             };
-            let used = match collect_chain(chain, &self.mem, MAX_DESCRIPTORS, &mut self.chain) {
-                Ok(())
-                    if self.chain.readable.is_empty()
-                        && self.chain.writable_len() >= len as u64 =>
-                {
-                    if self.acked & (1 << VIRTIO_NET_F_GUEST_CSUM) == 0 {
-                        // Flags and GSO fields must be zero for such a driver.
-                        self.frame[..10].fill(0);
-                    }
-                    // num_buffers: one (no MRG_RXBUF).
-                    self.frame[10..12].copy_from_slice(&1u16.to_le_bytes());
-                    let ok = scatter(&self.mem, &self.chain, &self.frame[..len]);
-                    self.pending = None;
-                    if ok {
-                        len as u32
-                    } else {
-                        0
-                    }
-                }
-                Ok(()) => {
-                    // A buffer too small or not writable: the frame is dropped with it.
-                    self.pending = None;
-                    0
-                }
-                Err(_) => 0,
-            };
-            let head = self.chain.head;
+            let delivery = deliver_rx_frame(
+                &self.mem,
+                chain,
+                &mut self.frame[..len],
+                self.acked,
+                &mut self.chain,
+            );
+            if delivery.consumed {
+                self.pending = None;
+            }
+            let (head, used) = (delivery.head, delivery.used);
             if let Err(e) = self.queues[RX].q.queue.add_used(&self.mem, head, used) {
                 return self.broken(RX, "cannot add to the used ring", e);
             }
@@ -560,17 +545,18 @@ impl NetWorker {
                 let Some(chain) = chain else {
                     break;
                 };
-                let len = match collect_chain(chain, &self.mem, MAX_DESCRIPTORS, &mut self.chain) {
-                    Ok(()) => gather(&self.mem, &self.chain, &mut self.tx_frame),
-                    Err(_) => None,
-                };
-                let len = len.filter(|_| fix_tx_header(&mut self.tx_frame, self.acked));
+                let (head, len) = gather_tx_frame(
+                    &self.mem,
+                    chain,
+                    self.acked,
+                    &mut self.chain,
+                    &mut self.tx_frame,
+                );
                 if let Some(len) = len {
                     if let Err(e) = (&*self.tap).write(&self.tx_frame[..len]) {
                         log::debug!("virtio-net: TAP write of {len} bytes failed: {e}");
                     }
                 }
-                let head = self.chain.head;
                 if let Err(e) = self.queues[TX].q.queue.add_used(&self.mem, head, 0) {
                     return self.broken(TX, "cannot add to the used ring", e);
                 }
@@ -591,6 +577,81 @@ impl NetWorker {
             }
         }
     }
+}
+
+/// What became of one RX chain ([`deliver_rx_frame`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxDelivery {
+    /// The chain's head descriptor (what goes in the used ring).
+    pub head: u16,
+    /// The used length: the frame's length with its header, or 0 when nothing was delivered.
+    pub used: u32,
+    /// Whether the frame is gone (delivered, or dropped with a buffer too small or not writable);
+    /// false when the chain was malformed, so the frame waits for the next buffer.
+    pub consumed: bool,
+}
+
+/// Delivers `frame` (its 12-byte header and the frame, as read from the TAP; anything shorter
+/// than [`NET_HDR_LEN`] is dropped) into the RX `chain`, first fixing the header for a driver with the
+/// `acked` features. `scratch` is reused from chain to chain. The worker runs this for each RX
+/// buffer; it is public so a fuzzer can drive it without a worker thread.
+pub fn deliver_rx_frame<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    frame: &mut [u8],
+    acked: u64,
+    scratch: &mut Chain,
+) -> RxDelivery
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    let len = frame.len();
+    let (used, consumed) = match collect_chain(chain, mem, MAX_DESCRIPTORS, scratch) {
+        Ok(())
+            if len >= NET_HDR_LEN
+                && scratch.readable.is_empty()
+                && scratch.writable_len() >= len as u64 =>
+        {
+            if acked & (1 << VIRTIO_NET_F_GUEST_CSUM) == 0 {
+                // Flags and GSO fields must be zero for such a driver.
+                frame[..10].fill(0);
+            }
+            // num_buffers: one (no MRG_RXBUF).
+            frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let ok = scatter(mem, scratch, frame);
+            (if ok { len as u32 } else { 0 }, true)
+        }
+        // A buffer too small or not writable: the frame is dropped with it.
+        Ok(()) => (0, true),
+        Err(_) => (0, false),
+    };
+    RxDelivery {
+        head: scratch.head,
+        used,
+        consumed,
+    }
+}
+
+/// Gathers the TX `chain` (header and frame) into `frame` (at least [`NET_HDR_LEN`] +
+/// [`MAX_FRAME`] bytes) and checks its header against the `acked` features. Returns the chain's
+/// head and the length to send, None when the chain is dropped (malformed, not a frame, or an
+/// offload the driver did not negotiate). The worker runs this for each TX chain; it is public so
+/// a fuzzer can drive it without a worker thread.
+pub fn gather_tx_frame<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    acked: u64,
+    scratch: &mut Chain,
+    frame: &mut [u8],
+) -> (u16, Option<usize>)
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    let len = match collect_chain(chain, mem, MAX_DESCRIPTORS, scratch) {
+        Ok(()) => gather(mem, scratch, frame),
+        Err(_) => None,
+    };
+    (scratch.head, len.filter(|_| fix_tx_header(frame, acked)))
 }
 
 /// Copies `data` into the chain's writable buffers (which hold at least `data.len()` bytes).
