@@ -29,6 +29,7 @@ use super::doorbell::{DoorbellWake, Doorbells};
 use super::identity::{AMAZON_VENDOR_ID, EBS_DEVICE_ID};
 use super::registers::DOORBELL_BASE;
 use super::{NvmeConfig, NvmeController, NvmeError, NvmeInterrupts};
+use crate::block::BlockIo;
 use crate::pci::{
     Msix, MsixLayout, PciBar, PciBarKind, PciConfigSpace, PciDevice, PciError, PciIds,
 };
@@ -205,6 +206,37 @@ impl NvmePci {
         mem: GuestMemoryMmap,
         limiter: Option<LimiterChain>,
     ) -> Result<Self, NvmePciError> {
+        Self::build(
+            config,
+            |irq| NvmeController::new(config, mem, irq),
+            limiter,
+            true,
+        )
+    }
+
+    /// The PCI function on an already opened `backend` (`config.path` only names the volume) and
+    /// without a worker thread: doorbell writes are recorded, but no command runs until the caller
+    /// runs the queues through [`Self::controller`] (`process_all`, ...). For fuzzing and tests
+    /// that must run commands on their own thread; a VM uses [`Self::new`].
+    pub fn without_worker(
+        config: &NvmeConfig,
+        backend: Box<dyn BlockIo>,
+        mem: GuestMemoryMmap,
+    ) -> Result<Self, NvmePciError> {
+        Self::build(
+            config,
+            |irq| NvmeController::with_backend(config, backend, mem, irq),
+            None,
+            false,
+        )
+    }
+
+    fn build(
+        config: &NvmeConfig,
+        controller: impl FnOnce(Box<dyn NvmeInterrupts>) -> Result<NvmeController, NvmeError>,
+        limiter: Option<LimiterChain>,
+        start_worker: bool,
+    ) -> Result<Self, NvmePciError> {
         let queues = usize::from(config.max_queue_pairs) + 1;
         let vectors = config.max_queue_pairs.saturating_add(1);
         let register_len = (super::registers::cq_head_doorbell(config.max_queue_pairs) + 4)
@@ -245,16 +277,25 @@ impl NvmePci {
             msix: msix.clone(),
             wake: wake.clone(),
         };
-        let mut controller = NvmeController::new(config, mem, Box::new(interrupts))?;
+        let mut controller = controller(Box::new(interrupts))?;
         controller.set_rate_limiter(limiter);
-        let epoll = worker_epoll(&wake, controller.rate_limiter_fd())?;
+        let epoll = if start_worker {
+            Some(worker_epoll(&wake, controller.rate_limiter_fd())?)
+        } else {
+            None
+        };
         let doorbells = controller.doorbells();
         let controller = Arc::new(Mutex::new(controller));
-        let worker = {
-            let (controller, wake) = (controller.clone(), wake.clone());
-            std::thread::Builder::new()
-                .name("nvme-worker".into())
-                .spawn(move || worker_loop(controller, wake, epoll))?
+        let worker = match epoll {
+            Some(epoll) => {
+                let (controller, wake) = (controller.clone(), wake.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name("nvme-worker".into())
+                        .spawn(move || worker_loop(controller, wake, epoll))?,
+                )
+            }
+            None => None,
         };
         Ok(NvmePci {
             config: space,
@@ -263,7 +304,7 @@ impl NvmePci {
             doorbells,
             register_len,
             wake,
-            worker: Some(worker),
+            worker,
         })
     }
 
