@@ -473,24 +473,24 @@ fn pci() -> Vec<(&'static str, Vec<u8>)> {
     bar_write(&mut e, 2, 0x14, W1, 0);
     seeds.push(("virtio-blk-handshake-pci-cfg", e.0));
 
-    // BAR moves: virtio-net's BAR onto RAM, onto the NVMe BAR, onto the ECAM window, into the 64-bit
+    // BAR moves: virtio-blk's BAR onto RAM, onto the NVMe BAR, onto the ECAM window, into the 64-bit
     // window; memory space toggled; MSI-X function mask; odd widths.
     let mut e = Encoder::default();
     ecam_write(&mut e, 1, 0x04, W2, 0x0002);
-    ecam_write(&mut e, 3, 0x04, W2, 0x0002);
-    ecam_write(&mut e, 3, 0x10, W4, 0x0);
-    ecam_write(&mut e, 3, 0x10, W4, 0xc000_0000);
-    ecam_write(&mut e, 3, 0x10, W4, 0xe000_0000);
-    ecam_write(&mut e, 3, 0x10, W4, 0x0000_0000);
-    ecam_write(&mut e, 3, 0x14, W4, 0x1);
-    bar_read(&mut e, 3, 0x2000, W4);
-    ecam_write(&mut e, 3, 0x04, W2, 0x0000);
-    ecam_write(&mut e, 3, 0x04, W2, 0x0002);
-    ecam_write(&mut e, 3, 0x42, W2, 0xc000);
-    bar_write(&mut e, 3, 0x4000, 11, 0x1234_5678);
-    bar_read(&mut e, 3, 0x6000, 13);
-    bar_write(&mut e, 3, 0x14, 12, 0xff);
-    ecam_write(&mut e, 3, 0xffe, 14, 0xffff);
+    ecam_write(&mut e, 2, 0x04, W2, 0x0002);
+    ecam_write(&mut e, 2, 0x10, W4, 0x0);
+    ecam_write(&mut e, 2, 0x10, W4, 0xc000_0000);
+    ecam_write(&mut e, 2, 0x10, W4, 0xe000_0000);
+    ecam_write(&mut e, 2, 0x10, W4, 0x0000_0000);
+    ecam_write(&mut e, 2, 0x14, W4, 0x1);
+    bar_read(&mut e, 2, 0x2000, W4);
+    ecam_write(&mut e, 2, 0x04, W2, 0x0000);
+    ecam_write(&mut e, 2, 0x04, W2, 0x0002);
+    ecam_write(&mut e, 2, 0x42, W2, 0xc000);
+    bar_write(&mut e, 2, 0x4000, 11, 0x1234_5678);
+    bar_read(&mut e, 2, 0x6000, 13);
+    bar_write(&mut e, 2, 0x14, 12, 0xff);
+    ecam_write(&mut e, 2, 0xffe, 14, 0xffff);
     seeds.push(("bar-moves-and-odd-widths", e.0));
     seeds
 }
