@@ -3,6 +3,7 @@
 # number of executions, then prints executions, exec/s and crashes per target.
 #
 #   scripts/fuzz.sh [TARGET|all] [RUNS]      RUNS defaults to 10,000,000 per target
+#   FUZZ_JOBS=N scripts/fuzz.sh ...          N processes per target sharing the RUNS
 #
 # Needs: a nightly Rust toolchain (cargo-fuzz's instrumentation flags are nightly-only), a C++
 # compiler (libfuzzer-sys builds libFuzzer), and cargo-fuzz, which this script installs from
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/../fuzz"
 TARGETS=(nvme_command virtio_blk_chain virtio_net_chain pci_config cli_config)
 which_target=${1:-all}
 runs=${2:-10000000}
+jobs=${FUZZ_JOBS:-1}   # processes per target (libFuzzer -jobs); executions are split among them
 
 die() { echo "fuzz.sh: $*" >&2; exit 2; }
 
@@ -26,6 +28,7 @@ case "$which_target" in
      selected=("$which_target") ;;
 esac
 [[ "$runs" =~ ^[0-9]+$ && "$runs" -gt 0 ]] || die "RUNS must be a positive number, not '$runs'"
+[[ "$jobs" =~ ^[0-9]+$ && "$jobs" -gt 0 ]] || die "FUZZ_JOBS must be a positive number, not '$jobs'"
 
 # --- what the harness needs ----------------------------------------------------------------------
 command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup"
@@ -57,6 +60,8 @@ max_len() {
   esac
 }
 
+fuzz_dir=$PWD
+bin_dir=$fuzz_dir/target/x86_64-unknown-linux-gnu/release
 mkdir -p runs
 summary=runs/summary.txt
 commit=$(git -C .. rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -66,18 +71,28 @@ failed=0
 for t in "${selected[@]}"; do
   mkdir -p "runs/$t/corpus" "artifacts/$t"
   log="runs/$t/fuzz.log"
+  fuzz_args=(-max_len="$(max_len "$t")" -timeout=30 -print_final_stats=1
+    -artifact_prefix="$fuzz_dir/artifacts/$t/")
   count_artifacts() { find "artifacts/$t" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l; }
   before=$(count_artifacts)
   start=$(date +%s)
   set +e
-  nice -n 19 cargo +nightly fuzz run "${BUILD_FLAGS[@]}" "$t" "runs/$t/corpus" "corpus/$t" -- \
-    -runs="$runs" -max_len="$(max_len "$t")" -timeout=30 -print_final_stats=1 \
-    -artifact_prefix="artifacts/$t/" >"$log" 2>&1
+  if [[ $jobs -gt 1 ]]; then
+    # libFuzzer's -jobs: $jobs processes sharing the output corpus, each running its share of the
+    # executions and logging to fuzz-N.log in its working directory.
+    rm -f "runs/$t"/fuzz-*.log
+    (cd "runs/$t" && nice -n 19 "$bin_dir/$t" -jobs="$jobs" -workers="$jobs" \
+      -runs=$(( (runs + jobs - 1) / jobs )) "${fuzz_args[@]}" "$PWD/corpus" "$fuzz_dir/corpus/$t") >"$log" 2>&1
+  else
+    nice -n 19 "$bin_dir/$t" -runs="$runs" "${fuzz_args[@]}" "runs/$t/corpus" "corpus/$t" >"$log" 2>&1
+  fi
   status=$?
   set -e
   seconds=$(( $(date +%s) - start ))
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  logs=("$log")
+  [[ $jobs -gt 1 ]] && logs=("runs/$t"/fuzz-*.log)
+  execs=$(cat "${logs[@]}" | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s += $1} END {if (NR) print s}')
+  rate=$(( ${execs:-0} / (seconds > 0 ? seconds : 1) ))
   crashes=$(( $(count_artifacts) - before ))
   if [[ $status -ne 0 && $crashes -eq 0 ]]; then
     crashes="?"   # libFuzzer failed without an artifact: see the log
@@ -86,8 +101,8 @@ for t in "${selected[@]}"; do
     "$(date -u +%Y-%m-%d)" "$commit" "$dirty" | tee -a "$summary"
   if [[ $status -ne 0 ]]; then
     failed=1
-    echo "fuzz.sh: $t failed (exit $status); log: fuzz/$log; artifacts: fuzz/artifacts/$t/" >&2
-    grep -m5 -E "panicked|ERROR|SUMMARY" "$log" >&2 || true
+    echo "fuzz.sh: $t failed (exit $status); logs: ${logs[*]/#/fuzz/}; artifacts: fuzz/artifacts/$t/" >&2
+    cat "${logs[@]}" | grep -m5 -E "panicked|ERROR|SUMMARY" >&2 || true
   fi
 done
 exit $failed
