@@ -425,3 +425,65 @@ fn offloads_are_set_at_driver_ok_and_cleared_on_reset() {
     bar_w(&mut d.dev, offsets::DEVICE_STATUS, 1, 0);
     assert_eq!(*calls.lock().unwrap(), vec![TUN_F_CSUM | TUN_F_TSO4, 0]);
 }
+
+#[test]
+fn rx_and_tx_chains_without_a_worker() {
+    use crate::virtio::queue::testing::{TestRing, F_WRITE};
+    use virtio_queue::QueueOwnedT;
+    use vm_memory::GuestAddress;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
+    let mut scratch = Chain::default();
+
+    // RX: a frame fits (header fixed for a driver without GUEST_CSUM), a runt is dropped with its
+    // buffer, and a chain that reaches past RAM keeps the frame for the next buffer.
+    let mut rx = TestRing::new(&mem, 0, 8);
+    let mut q = rx.queue(false);
+    rx.chain(0, &[(0x8000, 100, F_WRITE)]);
+    rx.publish(0);
+    rx.chain(1, &[(0x9000, 100, F_WRITE)]);
+    rx.publish(1);
+    rx.chain(2, &[(0x1f000, 0x2000, F_WRITE)]);
+    rx.publish(2);
+    let mut frame = vec![0xffu8; 40];
+    let chain = q.iter(&mem).unwrap().next().unwrap();
+    let d = deliver_rx_frame(&mem, chain, &mut frame, 0, &mut scratch);
+    assert_eq!((d.head, d.used, d.consumed), (0, 40, true));
+    let mut got = [0u8; 40];
+    mem.read_slice(&mut got, GuestAddress(0x8000)).unwrap();
+    assert_eq!(&got[..10], &[0; 10]);
+    assert_eq!(&got[10..12], &[1, 0]);
+    assert_eq!(&got[12..], &[0xff; 28]);
+    let chain = q.iter(&mem).unwrap().next().unwrap();
+    let d = deliver_rx_frame(&mem, chain, &mut [0u8; 5], 0, &mut scratch);
+    assert_eq!((d.head, d.used, d.consumed), (1, 0, true));
+    let chain = q.iter(&mem).unwrap().next().unwrap();
+    let d = deliver_rx_frame(&mem, chain, &mut frame, 0, &mut scratch);
+    assert_eq!((d.head, d.used, d.consumed), (2, 0, false));
+
+    // TX: a header and a frame gathered; a TSO header the driver did not negotiate is dropped.
+    let mut tx = TestRing::new(&mem, 0x4000, 8);
+    let mut q = tx.queue(false);
+    let mut hdr = [0u8; NET_HDR_LEN];
+    mem.write_slice(&hdr, GuestAddress(0xa000)).unwrap();
+    mem.write_slice(&[0x42; 60], GuestAddress(0xb000)).unwrap();
+    tx.chain(0, &[(0xa000, 12, 0), (0xb000, 60, 0)]);
+    tx.publish(0);
+    hdr[0] = 1;
+    hdr[1] = GSO_TCPV4;
+    mem.write_slice(&hdr, GuestAddress(0xc000)).unwrap();
+    tx.chain(2, &[(0xc000, 12, 0), (0xb000, 60, 0)]);
+    tx.publish(2);
+    let mut buf = vec![0u8; NET_HDR_LEN + MAX_FRAME];
+    let chain = q.iter(&mem).unwrap().next().unwrap();
+    assert_eq!(
+        gather_tx_frame(&mem, chain, 0, &mut scratch, &mut buf),
+        (0, Some(72))
+    );
+    assert_eq!(&buf[12..72], &[0x42; 60]);
+    let chain = q.iter(&mem).unwrap().next().unwrap();
+    let csum_only = 1 << VIRTIO_NET_F_CSUM;
+    assert_eq!(
+        gather_tx_frame(&mem, chain, csum_only, &mut scratch, &mut buf),
+        (2, None)
+    );
+}
