@@ -46,8 +46,10 @@ fi
 # --- build ---------------------------------------------------------------------------------------
 # Release code with debug assertions (integer overflow, debug_assert! and slice checks panic, so
 # the fuzzer sees them) and no sanitizer: the device models are safe Rust, where AddressSanitizer
-# finds nothing the bounds checks do not, and it halves the speed.
-BUILD_FLAGS=(-O --debug-assertions -s none)
+# finds nothing the bounds checks do not, and it halves the speed. No compare tracing either:
+# vm-memory copies guest memory a word at a time, and a hook on every compare in those loops took
+# two thirds of the time (docs/fuzzing.md).
+BUILD_FLAGS=(-O --debug-assertions -s none --no-trace-compares)
 echo "fuzz.sh: building (cargo +nightly fuzz build ${BUILD_FLAGS[*]})" >&2
 nice -n 19 cargo +nightly fuzz build "${BUILD_FLAGS[@]}" >&2
 
