@@ -509,6 +509,47 @@ mod tests {
         drop(dev);
     }
 
+    #[test]
+    fn without_worker_records_doorbells_and_runs_nothing_until_asked() {
+        const ASQ: u64 = 0x10000;
+        const ACQ: u64 = 0x11000;
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        disk.as_file().set_len(1 << 20).unwrap();
+        let backend = crate::block::BlockBackend::open(disk.path(), false).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut dev = NvmePci::without_worker(
+            &NvmeConfig::new(disk.path()),
+            Box::new(backend),
+            mem.clone(),
+        )
+        .unwrap();
+        assert!(dev.worker.is_none());
+        assert_eq!(config_u32(&mut dev, 0), 0x8061_1d0f);
+        assert_eq!(dev.bars()[0].size, 0x4000, "the same BAR0 as NvmePci::new");
+        dev.bar_write(0, registers::AQA, &0x0003_0003u32.to_le_bytes());
+        dev.bar_write(0, registers::ASQ, &ASQ.to_le_bytes());
+        dev.bar_write(0, registers::ACQ, &ACQ.to_le_bytes());
+        let cc = 1u32 | (6 << 16) | (4 << 20);
+        dev.bar_write(0, registers::CC, &cc.to_le_bytes());
+        let mut identify = Command::new(admin_opcode::IDENTIFY, 7);
+        identify.cdw[0] = 1;
+        identify.prp1 = 0x12000;
+        mem.write_slice(&identify.to_bytes(), GuestAddress(ASQ))
+            .unwrap();
+        dev.bar_write(0, registers::sq_tail_doorbell(0), &1u32.to_le_bytes());
+        let completion = |mem: &GuestMemoryMmap| {
+            let mut b = [0u8; 16];
+            mem.read_slice(&mut b, GuestAddress(ACQ)).unwrap();
+            CompletionEntry::from_bytes(&b)
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!completion(&mem).phase, "nothing runs without a worker");
+        lock(&dev.controller()).process_all();
+        let entry = completion(&mem);
+        assert!(entry.phase);
+        assert_eq!((entry.cid, entry.status), (7, Status::SUCCESS));
+    }
+
     /// A driver on the test thread (the "vCPU") against the worker thread: queues of every kind
     /// submitted through BAR0 doorbells, completions polled from guest memory.
     struct Driver {
