@@ -508,7 +508,7 @@ fn cli() -> Vec<(&'static str, Vec<u8>)> {
             "run-flags",
             args(
                 0,
-                "run\0--kernel\0/k\0--instance-type\0c5.xlarge\0--cpus\02\0--memory\04G\0\
+                "run\0--kernel\0/k\0--instance-type\0c5.xlarge\0--cpus\x002\0--memory\x004G\0\
                  --cmdline\0console=ttyS0 panic=1\0--serial\0file=/tmp/s\0--log-level\0info",
             ),
         ),
@@ -519,7 +519,7 @@ fn cli() -> Vec<(&'static str, Vec<u8>)> {
                 "run\0--kernel\0/k\0--volume\0path=a.img,id=vol-0123456789abcdef0,name=sdf,\
                  type=gp3,iops=4000,throughput=250M\0--volume\0path=b.img,readonly=on,\
                  block_size=4096,type=io2,iops=1000\0--disk\0path=c.img,readonly=on,id=d1,\
-                 queues=2\0--net\0tap=tap0,mac=02:00:00:00:00:01\0--ebs-burst-seconds\060",
+                 queues=2\0--net\0tap=tap0,mac=02:00:00:00:00:01\0--ebs-burst-seconds\x0060",
             ),
         ),
         (
