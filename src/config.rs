@@ -268,10 +268,16 @@ impl RawConfig {
         let file_err = |why: String| ConfigError::File(path.to_path_buf(), why);
         let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
         let is_toml = path.extension().is_some_and(|ext| ext == "toml");
+        Self::parse(&text, is_toml).map_err(file_err)
+    }
+
+    /// Parses the text of a config file: TOML if `is_toml`, JSON otherwise. The error says what is
+    /// wrong (without the file name).
+    pub fn parse(text: &str, is_toml: bool) -> Result<Self, String> {
         if is_toml {
-            toml::from_str(&text).map_err(|e| file_err(e.message().to_string()))
+            toml::from_str(text).map_err(|e| e.message().to_string())
         } else {
-            serde_json::from_str(&text).map_err(|e| file_err(e.to_string()))
+            serde_json::from_str(text).map_err(|e| e.to_string())
         }
     }
 

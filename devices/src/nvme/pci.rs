@@ -29,6 +29,7 @@ use super::doorbell::{DoorbellWake, Doorbells};
 use super::identity::{AMAZON_VENDOR_ID, EBS_DEVICE_ID};
 use super::registers::DOORBELL_BASE;
 use super::{NvmeConfig, NvmeController, NvmeError, NvmeInterrupts};
+use crate::block::BlockIo;
 use crate::pci::{
     Msix, MsixLayout, PciBar, PciBarKind, PciConfigSpace, PciDevice, PciError, PciIds,
 };
@@ -217,6 +218,38 @@ impl NvmePci {
         limiter: Option<LimiterChain>,
         spawner: &WorkerSpawner,
     ) -> Result<Self, NvmePciError> {
+        Self::build(
+            config,
+            |irq| NvmeController::new(config, mem, irq),
+            limiter,
+            Some(spawner),
+        )
+    }
+
+    /// The PCI function on an already opened `backend` (`config.path` only names the volume) and
+    /// without a worker thread: doorbell writes are recorded, but no command runs until the caller
+    /// runs the queues through [`Self::controller`] (`process_all`, ...). For fuzzing and tests
+    /// that must run commands on their own thread; a VM uses [`Self::new`].
+    pub fn without_worker(
+        config: &NvmeConfig,
+        backend: Box<dyn BlockIo>,
+        mem: GuestMemoryMmap,
+    ) -> Result<Self, NvmePciError> {
+        Self::build(
+            config,
+            |irq| NvmeController::with_backend(config, backend, mem, irq),
+            None,
+            None,
+        )
+    }
+
+    /// The function; its worker started through `spawner`, or none without one.
+    fn build(
+        config: &NvmeConfig,
+        controller: impl FnOnce(Box<dyn NvmeInterrupts>) -> Result<NvmeController, NvmeError>,
+        limiter: Option<LimiterChain>,
+        spawner: Option<&WorkerSpawner>,
+    ) -> Result<Self, NvmePciError> {
         let queues = usize::from(config.max_queue_pairs) + 1;
         let vectors = config.max_queue_pairs.saturating_add(1);
         let register_len = (super::registers::cq_head_doorbell(config.max_queue_pairs) + 4)
@@ -257,17 +290,24 @@ impl NvmePci {
             msix: msix.clone(),
             wake: wake.clone(),
         };
-        let mut controller = NvmeController::new(config, mem, Box::new(interrupts))?;
+        let mut controller = controller(Box::new(interrupts))?;
         controller.set_rate_limiter(limiter);
-        let epoll = worker_epoll(&wake, controller.rate_limiter_fd())?;
+        let epoll = if spawner.is_some() {
+            Some(worker_epoll(&wake, controller.rate_limiter_fd())?)
+        } else {
+            None
+        };
         let doorbells = controller.doorbells();
         let controller = Arc::new(Mutex::new(controller));
-        let worker = {
-            let (controller, wake) = (controller.clone(), wake.clone());
-            spawner.spawn(
-                "nvme-worker",
-                Box::new(move || worker_loop(controller, wake, epoll)),
-            )?
+        let worker = match (epoll, spawner) {
+            (Some(epoll), Some(spawner)) => {
+                let (controller, wake) = (controller.clone(), wake.clone());
+                Some(spawner.spawn(
+                    "nvme-worker",
+                    Box::new(move || worker_loop(controller, wake, epoll)),
+                )?)
+            }
+            _ => None,
         };
         Ok(NvmePci {
             config: space,
@@ -276,7 +316,7 @@ impl NvmePci {
             doorbells,
             register_len,
             wake,
-            worker: Some(worker),
+            worker,
         })
     }
 
@@ -479,6 +519,47 @@ mod tests {
         assert_eq!(triggers.0.lock().unwrap()[0], 0);
         dev.bar_write(0, registers::cq_head_doorbell(0), &1u32.to_le_bytes());
         drop(dev);
+    }
+
+    #[test]
+    fn without_worker_records_doorbells_and_runs_nothing_until_asked() {
+        const ASQ: u64 = 0x10000;
+        const ACQ: u64 = 0x11000;
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        disk.as_file().set_len(1 << 20).unwrap();
+        let backend = crate::block::BlockBackend::open(disk.path(), false).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut dev = NvmePci::without_worker(
+            &NvmeConfig::new(disk.path()),
+            Box::new(backend),
+            mem.clone(),
+        )
+        .unwrap();
+        assert!(dev.worker.is_none());
+        assert_eq!(config_u32(&mut dev, 0), 0x8061_1d0f);
+        assert_eq!(dev.bars()[0].size, 0x4000, "the same BAR0 as NvmePci::new");
+        dev.bar_write(0, registers::AQA, &0x0003_0003u32.to_le_bytes());
+        dev.bar_write(0, registers::ASQ, &ASQ.to_le_bytes());
+        dev.bar_write(0, registers::ACQ, &ACQ.to_le_bytes());
+        let cc = 1u32 | (6 << 16) | (4 << 20);
+        dev.bar_write(0, registers::CC, &cc.to_le_bytes());
+        let mut identify = Command::new(admin_opcode::IDENTIFY, 7);
+        identify.cdw[0] = 1;
+        identify.prp1 = 0x12000;
+        mem.write_slice(&identify.to_bytes(), GuestAddress(ASQ))
+            .unwrap();
+        dev.bar_write(0, registers::sq_tail_doorbell(0), &1u32.to_le_bytes());
+        let completion = |mem: &GuestMemoryMmap| {
+            let mut b = [0u8; 16];
+            mem.read_slice(&mut b, GuestAddress(ACQ)).unwrap();
+            CompletionEntry::from_bytes(&b)
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!completion(&mem).phase, "nothing runs without a worker");
+        lock(&dev.controller()).process_all();
+        let entry = completion(&mem);
+        assert!(entry.phase);
+        assert_eq!((entry.cid, entry.status), (7, Status::SUCCESS));
     }
 
     /// A driver on the test thread (the "vCPU") against the worker thread: queues of every kind
