@@ -335,8 +335,17 @@ fn linux_drives_virtio_net_and_virtio_blk() {
     let ns = NetNs::new();
     let tap = "flio0";
     let mac = "02:46:8a:ce:01:23";
-    let queues = 1;
-    ns.ip_in(&["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]);
+    let queues = 2;
+    ns.ip_in(&[
+        "tuntap",
+        "add",
+        "dev",
+        tap,
+        "mode",
+        "tap",
+        "vnet_hdr",
+        "multi_queue",
+    ]);
     ns.ip_in(&["addr", "add", "10.77.0.1/24", "dev", tap]);
     ns.ip_in(&["link", "set", tap, "up"]);
     let timeout = Duration::from_secs(12 * 60);
