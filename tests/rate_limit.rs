@@ -323,24 +323,26 @@ fn ebs_baseline_without_burst_credits() {
 /// c5.large (launch figures): EBS baseline IOPS.
 const C5_LARGE_BASELINE_IOPS: f64 = 4000.0;
 
-/// A gp3 volume's own caps apply under a larger instance cap (c5.18xlarge: 9 Gbps): 4,000 IOPS for
-/// random 4 KiB reads at queue depth 32, 125 MiB/s for sequential 128 KiB writes.
+/// A gp3 volume's own caps apply under a larger instance cap (c5.18xlarge: 9 Gbps): 3,000 IOPS (gp3's
+/// baseline, well under the ≈ 4,000–4,500 the probe reaches uncapped on a PVM host, so host load
+/// cannot pull the measurement below the cap) for random 4 KiB reads at queue depth 32, 125 MiB/s for
+/// sequential 128 KiB writes.
 #[test]
 fn gp3_volume_caps_under_the_instance_cap() {
     if !kvm_available() {
         return;
     }
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    // 17,600 reads at 4,000 IOPS: 4.4 s; 2,200 writes of 128 KiB at 125 MiB/s: 2.2 s.
+    // 17,600 reads at 3,000 IOPS: 5.9 s; 2,200 writes (bench_ops / 8) of 128 KiB at 125 MiB/s: 2.2 s.
     let report = bench(
         "gp3",
         &["--instance-type", "c5.18xlarge"],
-        ",type=gp3,iops=4000,throughput=125M",
+        ",type=gp3,iops=3000,throughput=125M",
         17_600,
     );
     for key in ["bench_randread_qd32", "bench_randread_qd32_shadow"] {
         let p = phase(&report, key);
-        assert_rate(key, p, p.ops_per_second(), 4000.0);
+        assert_rate(key, p, p.ops_per_second(), 3000.0);
     }
     for key in ["bench_seqwrite_128k", "bench_seqwrite_128k_shadow"] {
         let p = phase(&report, key);
