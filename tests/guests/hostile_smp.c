@@ -7,13 +7,9 @@
  * (otherwise the cases are skipped with PROBE-INFO smp=skipped).
  */
 #include "hostile.h"
+#include "ap_start.h"
 
-#define TRAMP_BASE 0x10000u
-#define ICR_INIT 0x00004500u    /* INIT, level assert */
-#define ICR_STARTUP 0x00000600u /* SIPI */
 #define ECAM 0xE0000000u
-
-extern const char hostile_tramp_start[], hostile_tramp_end[];
 
 enum ap_mode { AP_IDLE, AP_NVME_DOORBELLS, AP_VIRTIO_NOTIFY, AP_BAR_FLIP, AP_MSIX_FLIP, AP_HALT };
 
@@ -80,12 +76,12 @@ static bool start_ap(void)
 	probe_info("smp_cpus", "%u", cpus.count);
 	if (target == 0xFFFFFFFFu)
 		return false;
-	memcpy((void *)TRAMP_BASE, hostile_tramp_start, (size_t)(hostile_tramp_end - hostile_tramp_start));
-	lapic_send_ipi(target, ICR_INIT);
+	ap_trampoline_install();
+	lapic_send_ipi(target, ICR_INIT | ICR_LEVEL_ASSERT);
 	delay_ms(10);
-	lapic_send_ipi(target, ICR_STARTUP | (TRAMP_BASE >> 12));
+	lapic_send_ipi(target, ICR_STARTUP | AP_SIPI_VECTOR);
 	delay_us(200);
-	lapic_send_ipi(target, ICR_STARTUP | (TRAMP_BASE >> 12));
+	lapic_send_ipi(target, ICR_STARTUP | AP_SIPI_VECTOR);
 	uint64_t dl = deadline_ms(2000);
 	while (!g_alive)
 		if (deadline_passed(dl))
