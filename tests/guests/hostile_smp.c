@@ -85,8 +85,8 @@ static bool start_ap(void)
 	uint64_t dl = deadline_ms(2000);
 	while (!g_alive)
 		if (deadline_passed(dl))
-			return hcheck("smp_second_cpu_started", false, "APIC ID %u never checked in", target);
-	return hcheck("smp_second_cpu_started", ap_set(AP_IDLE), "APIC ID %u started but does not follow", target);
+			return probe_check("smp_second_cpu_started", false, "APIC ID %u never checked in", target);
+	return probe_check("smp_second_cpu_started", ap_set(AP_IDLE), "APIC ID %u started but does not follow", target);
 }
 
 /* Stops the attacker, counts its iterations, then a good request on both devices. */
@@ -99,9 +99,9 @@ static void smp_case(const char *name, uint32_t iters_from, bool ok, const char 
 	probe_info(key, "%u", iters);
 	char w1[160] = "", w2[200] = "";
 	bool a = nvme_good_io(iters, w1, sizeof(w1)), b = virtio_good_io(iters, w2, sizeof(w2));
-	hcheck(name, ok && stopped && iters > 10 && a && b,
-	       "%s; second CPU stopped %u after %u attacks; nvme: %s; virtio-blk: %s", why, stopped, iters,
-	       a ? "ok" : w1, b ? "ok" : w2);
+	probe_check(name, ok && stopped && iters > 10 && a && b,
+		    "%s; second CPU stopped %u after %u attacks; nvme: %s; virtio-blk: %s", why, stopped, iters,
+		    a ? "ok" : w1, b ? "ok" : w2);
 }
 
 void smp_attacks(void)
