@@ -33,21 +33,6 @@ const char probe_name[] = "hostile";
 struct pci_fn g_fns[MAX_FNS];
 uint32_t g_nfns;
 
-bool hcheck(const char *name, bool ok, const char *fmt, ...)
-{
-	if (ok) {
-		probe_ok(name);
-		return true;
-	}
-	char why[240];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
-	va_end(ap);
-	probe_fail(name, "%s", why);
-	return false;
-}
-
 void hfill(uintptr_t buf, uint32_t len, uint32_t seed)
 {
 	volatile uint32_t *p = (volatile uint32_t *)buf;
@@ -98,17 +83,6 @@ void pci_write_bar64(uint8_t dev, uint32_t index, uint64_t addr)
 	cfg_write32(dev, reg + 4, (uint32_t)(addr >> 32));
 }
 
-uint8_t pci_find_cap(uint8_t dev, uint8_t id)
-{
-	uint8_t ptr = (cfg_read16(dev, 0x06) & 0x10) ? cfg_read8(dev, 0x34) : 0;
-	for (uint32_t n = 0; ptr && n < 48; n++) {
-		if (cfg_read8(dev, ptr) == id)
-			return ptr;
-		ptr = cfg_read8(dev, ptr + 1);
-	}
-	return 0;
-}
-
 static void pci_scan(void)
 {
 	for (uint8_t dev = 0; dev < 32 && g_nfns < MAX_FNS; dev++) {
@@ -147,7 +121,7 @@ static void still_serving(const char *name)
 	seed++;
 	bool a = nvme_good_io(seed, why, sizeof(why));
 	bool b = virtio_good_io(seed, why2, sizeof(why2));
-	hcheck(name, a && b, "nvme: %s; virtio-blk: %s", a ? "ok" : why, b ? "ok" : why2);
+	probe_check(name, a && b, "nvme: %s; virtio-blk: %s", a ? "ok" : why, b ? "ok" : why2);
 }
 
 /* ---------------------------------------------------------------- platform: ports */
@@ -194,7 +168,7 @@ static void port_sweep(void)
 	}
 	probe_info("port_sweep", "ports=%u skipped=%u read_all_ones=%u ms=%u", n, 0x10000 - n, ones,
 		   tsc_to_ms(rdtsc() - t0));
-	hcheck("platform_port_sweep", n > 0xFF00, "only %u ports swept", n);
+	probe_check("platform_port_sweep", n > 0xFF00, "only %u ports swept", n);
 	still_serving("platform_port_sweep_then_io");
 }
 
@@ -251,14 +225,14 @@ static void mmio_sweep(void)
 	mmio_range(0xFFFC0000u, 0xFFFFF000u, PAGE);
 	probe_info("mmio_sweep", "accesses=%u read_all_ones=%u ram_end=0x%x ms=%u", g_mmio_n, g_mmio_ones, ram_end,
 		   tsc_to_ms(rdtsc() - t0));
-	hcheck("platform_mmio_sweep", g_mmio_n > 20000 && g_mmio_ones == g_mmio_n,
-	       "%u accesses, %u read all ones: unclaimed MMIO must read all ones", g_mmio_n, g_mmio_ones);
+	probe_check("platform_mmio_sweep", g_mmio_n > 20000 && g_mmio_ones == g_mmio_n,
+		    "%u accesses, %u read all ones: unclaimed MMIO must read all ones", g_mmio_n, g_mmio_ones);
 	/* The LAPIC (skipped above) still answers and RAM is still RAM. */
 	volatile uint32_t *scratch = (volatile uint32_t *)SCRATCH_MEM;
 	scratch[0] = 0x12345678u;
-	hcheck("platform_mmio_sweep_machine_intact",
-	       scratch[0] == 0x12345678u && (lapic_read(LAPIC_VERSION) & 0xFF) >= 0x10,
-	       "RAM 0x%x LAPIC version 0x%x", scratch[0], lapic_read(LAPIC_VERSION));
+	probe_check("platform_mmio_sweep_machine_intact",
+		    scratch[0] == 0x12345678u && (lapic_read(LAPIC_VERSION) & 0xFF) >= 0x10,
+		    "RAM 0x%x LAPIC version 0x%x", scratch[0], lapic_read(LAPIC_VERSION));
 	still_serving("platform_mmio_sweep_then_io");
 }
 
@@ -360,10 +334,10 @@ static void string_pio_in(void)
 			bad_l++;
 	probe_info("string_pio_in", "insb_lsr=0x%x got=%02x,%02x,%02x,%02x insl_id=0x%x got=0x%x,0x%x,0x%x", lsr, b[0],
 		   b[1], b[2], b[15], id, l[0], l[1], l[7]);
-	hcheck("platform_string_pio_in", bad_b == 0 && bad_l == 0,
-	       "rep insb of the UART's line status: %u of 16 bytes differ from inb (0x%x); rep insl of 0xCFC: %u of 8 "
-	       "dwords differ from inl (0x%x)",
-	       bad_b, lsr, bad_l, id);
+	probe_check("platform_string_pio_in", bad_b == 0 && bad_l == 0,
+		    "rep insb of the UART's line status: %u of 16 bytes differ from inb (0x%x); "
+		    "rep insl of 0xCFC: %u of 8 dwords differ from inl (0x%x)",
+		    bad_b, lsr, bad_l, id);
 }
 
 void probe_main(void)
@@ -378,8 +352,8 @@ void probe_main(void)
 		if (g_fns[i].id == 0x10421AF4u && vblk == 0xFF)
 			vblk = g_fns[i].dev;
 	}
-	if (!hcheck("devices_found", nvme != 0xFF && vblk != 0xFF, "nvme slot 0x%x, virtio-blk slot 0x%x", nvme,
-		    vblk))
+	if (!probe_check("devices_found", nvme != 0xFF && vblk != 0xFF, "nvme slot 0x%x, virtio-blk slot 0x%x", nvme,
+			 vblk))
 		return;
 	bool a = nvme_init(nvme), b = virtio_init(vblk);
 	if (!a || !b)

@@ -40,11 +40,6 @@ extern uint32_t g_nfns;
 void pci_read_bar(uint8_t dev, uint32_t index, struct bar *out);
 /* Writes a 64-bit memory BAR's address (both dwords). */
 void pci_write_bar64(uint8_t dev, uint32_t index, uint64_t addr);
-/* Offset of capability `id` in the function's list, 0 if absent. */
-uint8_t pci_find_cap(uint8_t dev, uint8_t id);
-
-/* A check with the reason printf-formatted; returns ok. */
-bool hcheck(const char *name, bool ok, const char *fmt, ...) PRINTF_LIKE(3, 4);
 
 /* NVMe (hostile_nvme.c): the first NVMe controller. */
 bool nvme_init(uint8_t dev);

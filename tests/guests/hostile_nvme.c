@@ -4,42 +4,9 @@
  * by a good write + read-back on I/O queue 1.
  */
 #include "hostile.h"
+#include "nvme.h"
 
-#define REG_CAP 0x00
-#define REG_CC 0x14
-#define REG_CSTS 0x1C
-#define REG_AQA 0x24
-#define REG_ASQ 0x28
-#define REG_ACQ 0x30
-#define CC_ENABLE (1u | 6u << 16 | 4u << 20)
-#define CSTS_RDY 1u
-#define CSTS_CFS 2u
-
-#define ADM_DELETE_SQ 0x00
-#define ADM_CREATE_SQ 0x01
-#define ADM_GET_LOG 0x02
-#define ADM_DELETE_CQ 0x04
-#define ADM_CREATE_CQ 0x05
-#define ADM_IDENTIFY 0x06
-#define ADM_SET_FEATURES 0x09
-#define ADM_AER 0x0C
-#define ADM_DBBUF 0x7C
-#define IO_WRITE 0x01
-#define IO_READ 0x02
-#define IO_WRITE_ZEROES 0x08
-#define IO_DSM 0x09
-
-#define ST_OK 0x000
-#define ST_INVALID_OPCODE 0x001
-#define ST_INVALID_FIELD 0x002
-#define ST_DATA_TRANSFER 0x004
-#define ST_LBA_RANGE 0x080
-#define ST_INVALID_CQ 0x100
-#define ST_INVALID_QID 0x101
-#define ST_INVALID_QSIZE 0x102
-#define ST_INVALID_VECTOR 0x108
-#define ST_SEQUENCE 0x00C
-#define ST_TIMEOUT 0xFFFF
+#define CC_ENABLE (CC_EN | CC_IOSQES(6) | CC_IOCQES(4))
 
 /* Layout of NVME_MEM. */
 #define O_ASQ 0x00000
@@ -59,21 +26,11 @@
 #define IO_ENTRIES 64
 #define GOOD_IO_OFF 0x100000ull /* disk byte offset of the good I/O */
 
-struct nq {
-	uintptr_t sq, cq;
-	uint16_t qid, size, tail, head;
-	uint8_t phase;
-};
-struct ncqe {
-	uint32_t dw0;
-	uint16_t cid, status;
-};
-
 static struct {
 	uint8_t dev;
 	uintptr_t bar;
 	uintptr_t mem;
-	struct nq admin, io;
+	struct nvme_queue admin, io;
 	uint16_t cid;
 	uint32_t lba_shift, mdts_bytes;
 	uint64_t nsze;
@@ -86,22 +43,16 @@ static struct {
 uintptr_t nvme_bar(void) { return n.bar; }
 uint8_t nvme_dev(void) { return n.dev; }
 
-static uintptr_t db_addr(uint32_t qid, bool cq) { return n.bar + 0x1000 + 8 * qid + (cq ? 4 : 0); }
+/* Doorbell stride 0 (CAP.DSTRD: flint's). */
+static uintptr_t db_addr(uint32_t qid, bool cq) { return nvme_doorbell(n.bar, 0, (uint16_t)qid, cq); }
 
-static void q_init(struct nq *q, uint16_t qid, uint32_t sq_off, uint32_t cq_off, uint16_t size)
+static void q_init(struct nvme_queue *q, uint16_t qid, uint32_t sq_off, uint32_t cq_off, uint16_t size)
 {
-	q->sq = n.mem + sq_off;
-	q->cq = n.mem + cq_off;
-	q->qid = qid;
-	q->size = size;
-	q->tail = q->head = 0;
-	q->phase = 1;
-	memset((void *)q->sq, 0, (size_t)size * 64);
-	memset((void *)q->cq, 0, (size_t)size * 16);
+	nvme_queue_init(q, qid, n.mem + sq_off, size, n.mem + cq_off, size, db_addr(qid, false), db_addr(qid, true));
 }
 
 /* Rings a doorbell; with shadow doorbells on (I/O queues) the shadow slot gets the value first. */
-static void ring(struct nq *q, bool cq, uint32_t value)
+static void ring(struct nvme_queue *q, bool cq, uint32_t value)
 {
 	if (n.shadow && q->qid) {
 		volatile uint32_t *slot = (volatile uint32_t *)(n.mem + O_SHADOW) + 2 * q->qid + (cq ? 1 : 0);
@@ -111,54 +62,23 @@ static void ring(struct nq *q, bool cq, uint32_t value)
 	mmio_write32(db_addr(q->qid, cq), value);
 }
 
-static void sqe_clear(uint32_t *s, uint8_t opc, uint32_t nsid)
-{
-	memset(s, 0, 64);
-	s[0] = opc;
-	s[1] = nsid;
-}
-
 /* Puts a command at the tail (fresh command id) and rings. Returns the command id. */
-static uint16_t submit(struct nq *q, uint32_t *s)
+static uint16_t submit(struct nvme_queue *q, uint32_t *s)
 {
-	uint16_t cid = ++n.cid;
-	if (cid == 0xFFFF || cid == 0)
-		cid = n.cid = 1;
-	s[0] = (s[0] & 0xFFFF) | (uint32_t)cid << 16;
-	volatile uint32_t *slot = (volatile uint32_t *)(q->sq + (uint32_t)q->tail * 64);
-	for (uint32_t i = 0; i < 16; i++)
-		slot[i] = s[i];
-	q->tail = (uint16_t)((q->tail + 1) % q->size);
+	uint16_t cid = nvme_sq_put(q, s, &n.cid);
 	mb();
 	ring(q, false, q->tail);
 	return cid;
 }
 
-static bool cq_take(struct nq *q, struct ncqe *e)
-{
-	volatile uint32_t *ent = (volatile uint32_t *)(q->cq + (uint32_t)q->head * 16);
-	uint32_t dw3 = ent[3];
-	if (((dw3 >> 16) & 1) != q->phase)
-		return false;
-	barrier();
-	e->dw0 = ent[0];
-	e->cid = (uint16_t)dw3;
-	e->status = (uint16_t)((((dw3 >> 25) & 7) << 8) | ((dw3 >> 17) & 0xFF));
-	if (++q->head == q->size) {
-		q->head = 0;
-		q->phase ^= 1;
-	}
-	return true;
-}
-
 /* Waits (bounded) for command `cid`'s completion; other completions on the admin queue are the
  * Asynchronous Event Request's. */
-static uint16_t wait_cid(struct nq *q, uint16_t cid, uint32_t ms, struct ncqe *out)
+static uint16_t wait_cid(struct nvme_queue *q, uint16_t cid, uint32_t ms, struct nvme_cqe *out)
 {
 	uint64_t dl = deadline_ms(ms);
-	struct ncqe e;
+	struct nvme_cqe e;
 	for (;;) {
-		if (cq_take(q, &e)) {
+		if (nvme_cq_take(q, &e)) {
 			ring(q, true, q->head);
 			if (e.cid == cid) {
 				if (out)
@@ -176,7 +96,7 @@ static uint16_t wait_cid(struct nq *q, uint16_t cid, uint32_t ms, struct ncqe *o
 	}
 }
 
-static uint16_t exec(struct nq *q, uint32_t *s, struct ncqe *out)
+static uint16_t exec(struct nvme_queue *q, uint32_t *s, struct nvme_cqe *out)
 {
 	uint16_t cid = submit(q, s);
 	return wait_cid(q, cid, 2000, out);
@@ -185,11 +105,8 @@ static uint16_t exec(struct nq *q, uint32_t *s, struct ncqe *out)
 static uint16_t admin(uint8_t opc, uint32_t nsid, uint64_t prp1, uint64_t prp2, uint32_t dw10, uint32_t dw11)
 {
 	uint32_t s[16];
-	sqe_clear(s, opc, nsid);
-	s[6] = (uint32_t)prp1;
-	s[7] = (uint32_t)(prp1 >> 32);
-	s[8] = (uint32_t)prp2;
-	s[9] = (uint32_t)(prp2 >> 32);
+	nvme_sqe_init(s, opc, nsid);
+	nvme_sqe_prp(s, prp1, prp2);
 	s[10] = dw10;
 	s[11] = dw11;
 	return exec(&n.admin, s, NULL);
@@ -205,30 +122,18 @@ static uint16_t create_sq(uint16_t qid, uint64_t base, uint32_t entries, uint16_
 }
 
 /* A read or write of `blocks` blocks at byte offset `off` on queue q. */
-static uint16_t rw(struct nq *q, uint8_t opc, uint64_t lba, uint32_t blocks, uint64_t prp1, uint64_t prp2)
+static uint16_t rw(struct nvme_queue *q, uint8_t opc, uint64_t lba, uint32_t blocks, uint64_t prp1, uint64_t prp2)
 {
 	uint32_t s[16];
-	sqe_clear(s, opc, 1);
-	s[6] = (uint32_t)prp1;
-	s[7] = (uint32_t)(prp1 >> 32);
-	s[8] = (uint32_t)prp2;
-	s[9] = (uint32_t)(prp2 >> 32);
-	s[10] = (uint32_t)lba;
-	s[11] = (uint32_t)(lba >> 32);
-	s[12] = blocks - 1;
+	nvme_sqe_rw(s, opc, lba, blocks, prp1, prp2);
 	return exec(q, s, NULL);
 }
 
 static const char *st_str(uint16_t st)
 {
-	static char buf[4][16];
+	static char buf[4][16]; /* four at a time in one message */
 	static uint32_t i;
-	char *b = buf[i++ & 3];
-	if (st == ST_TIMEOUT)
-		snprintf(b, 16, "timeout");
-	else
-		snprintf(b, 16, "%u/%02xh", st >> 8, st & 0xFF);
-	return b;
+	return nvme_status_str(st, buf[i++ & 3], sizeof(buf[0]));
 }
 
 uint16_t nvme_identify(void) { return admin(ADM_IDENTIFY, 0, n.mem + O_IDENT, 0, 1, 0); }
@@ -279,7 +184,7 @@ static bool bring_up(char *why, size_t len)
 	}
 	/* An Asynchronous Event Request left outstanding: invalid doorbell writes complete it. */
 	uint32_t s[16];
-	sqe_clear(s, ADM_AER, 0);
+	nvme_sqe_init(s, ADM_AER, 0);
 	n.aer_done = false;
 	n.aer_cid = submit(&n.admin, s);
 	return true;
@@ -320,7 +225,7 @@ bool nvme_init(uint8_t dev)
 	}
 	probe_info("nvme", "slot=%02x bar=0x%x mdts_bytes=%u blocks=%llu block_shift=%u", dev, (uint32_t)n.bar,
 		   n.mdts_bytes, n.nsze, n.lba_shift);
-	return hcheck("nvme_init", ok, "BAR0 0x%llx: %s", b.addr, why);
+	return probe_check("nvme_init", ok, "BAR0 0x%llx: %s", b.addr, why);
 }
 
 bool nvme_good_io(uint32_t seed, char *why, size_t len)
@@ -348,8 +253,8 @@ static void nvme_case(const char *name, bool attack_ok, const char *attack_why)
 {
 	char why[160] = "";
 	bool io = nvme_good_io((uint32_t)(uintptr_t)name, why, sizeof(why));
-	hcheck(name, attack_ok && io, "%s%s%s", attack_ok ? "" : attack_why, attack_ok || io ? "" : "; ",
-	       io ? "" : why);
+	probe_check(name, attack_ok && io, "%s%s%s", attack_ok ? "" : attack_why, attack_ok || io ? "" : "; ",
+		    io ? "" : why);
 }
 
 /* Collects `got == want` for several statuses into one verdict and description. */
@@ -387,9 +292,9 @@ static void doorbell_cases(void)
 	/* A tail beyond the queue: ignored, reported through the Asynchronous Event Request. */
 	mmio_write32(db_addr(1, false), IO_ENTRIES + 10);
 	uint64_t dl = deadline_ms(1000);
-	struct ncqe e;
+	struct nvme_cqe e;
 	while (!n.aer_done && !deadline_passed(dl))
-		if (cq_take(&n.admin, &e)) {
+		if (nvme_cq_take(&n.admin, &e)) {
 			ring(&n.admin, true, n.admin.head);
 			if (e.cid == n.aer_cid)
 				n.aer_done = true, n.aer_dw0 = e.dw0;
@@ -519,10 +424,10 @@ static void prp_cases(void)
 	memset(s, 0xFF, sizeof(s));
 	s[0] = 0xFF;
 	expect_st(&x, "opcode 0xFF, other dwords all ones", exec(&n.io, s, NULL), ST_INVALID_OPCODE);
-	sqe_clear(s, IO_READ, 1);
+	nvme_sqe_init(s, IO_READ, 1);
 	s[0] |= 1u << 8;
 	expect_st(&x, "fused read", exec(&n.io, s, NULL), ST_INVALID_FIELD);
-	sqe_clear(s, IO_READ, 1);
+	nvme_sqe_init(s, IO_READ, 1);
 	s[0] |= 1u << 14;
 	expect_st(&x, "SGL read", exec(&n.io, s, NULL), ST_INVALID_FIELD);
 	nvme_case("nvme_garbage_commands", x.ok, x.why);
@@ -536,7 +441,7 @@ static void command_garbage_case(void)
 	expect_st(&x, "Get Log Page of 16 GiB", admin(ADM_GET_LOG, 0xFFFFFFFFu, buf, 0, 0xFFFF0000u | 1u, 0xFFFF),
 		  ST_INVALID_FIELD);
 	uint32_t s[16];
-	sqe_clear(s, ADM_GET_LOG, 0xFFFFFFFFu);
+	nvme_sqe_init(s, ADM_GET_LOG, 0xFFFFFFFFu);
 	s[6] = (uint32_t)buf;
 	s[10] = 15u << 16 | 1u;  /* 64 bytes of the error log ... */
 	s[12] = 0xFFFFFFFCu;      /* ... from offset 2^64 - 4 */
@@ -550,13 +455,13 @@ static void command_garbage_case(void)
 	expect_st(&x, "Number of Queues 65536 after queues exist",
 		  admin(ADM_SET_FEATURES, 0, 0, 0, 0x07, 0xFFFFFFFFu), ST_SEQUENCE);
 	/* 256 deallocate ranges listed past RAM; Write Zeroes of 65536 blocks from the last block. */
-	sqe_clear(s, IO_DSM, 1);
+	nvme_sqe_init(s, IO_DSM, 1);
 	s[6] = (uint32_t)ADDR_OUTSIDE_RAM;
 	s[7] = (uint32_t)(ADDR_OUTSIDE_RAM >> 32);
 	s[10] = 255;
 	s[11] = 1u << 2;
 	expect_st(&x, "Dataset Management with 256 ranges past RAM", exec(&n.io, s, NULL), ST_DATA_TRANSFER);
-	sqe_clear(s, IO_WRITE_ZEROES, 1);
+	nvme_sqe_init(s, IO_WRITE_ZEROES, 1);
 	s[10] = (uint32_t)(n.nsze - 1);
 	s[11] = (uint32_t)((n.nsze - 1) >> 32);
 	s[12] = 0xFFFF;
@@ -568,7 +473,7 @@ static void command_garbage_case(void)
  * from the old ring and nothing lands in the old completion queue or the buffer. */
 static void deleted_queue_case(void)
 {
-	struct nq q2;
+	struct nvme_queue q2;
 	struct expect x = { true, "", 0 };
 	q_init(&q2, 2, O_SQ2, O_CQ2, 16);
 	expect_st(&x, "create CQ 2", create_cq(2, q2.cq, 16), ST_OK);
@@ -580,15 +485,15 @@ static void deleted_queue_case(void)
 	expect_st(&x, "delete SQ 2 again", admin(ADM_DELETE_SQ, 0, 0, 0, 2, 0), ST_INVALID_QID);
 	memset((void *)rb, 0x5A, PAGE);
 	uint32_t s[16];
-	sqe_clear(s, IO_READ, 1);
+	nvme_sqe_init(s, IO_READ, 1);
 	s[6] = (uint32_t)rb;
 	(void)submit(&q2, s);
 	mmio_write32(db_addr(2, true), 1);
-	struct ncqe e;
+	struct nvme_cqe e;
 	uint64_t dl = deadline_ms(100);
 	bool completed = false;
 	while (!deadline_passed(dl))
-		if (cq_take(&q2, &e))
+		if (nvme_cq_take(&q2, &e))
 			completed = true;
 	bool untouched = *(volatile uint32_t *)rb == 0x5A5A5A5Au;
 	if (completed || !untouched) {
@@ -643,14 +548,14 @@ static void storm_case(void)
 	uint32_t s[16];
 	uintptr_t rb = n.mem + O_RBUF;
 	for (uint32_t i = 0; i < IO_ENTRIES - 1; i++) {
-		sqe_clear(s, IO_READ, 1);
+		nvme_sqe_init(s, IO_READ, 1);
 		s[6] = (uint32_t)rb;
 		s[12] = (PAGE >> n.lba_shift) - 1;
 		s[0] |= (i + 0x100) << 16;
-		volatile uint32_t *slot = (volatile uint32_t *)(n.io.sq + (uint32_t)n.io.tail * 64);
+		volatile uint32_t *slot = nvme_sq_tail_entry(&n.io);
 		for (uint32_t j = 0; j < 16; j++)
 			slot[j] = s[j];
-		n.io.tail = (uint16_t)((n.io.tail + 1) % n.io.size);
+		nvme_sq_advance(&n.io);
 	}
 	mb();
 	ring(&n.io, false, n.io.tail);

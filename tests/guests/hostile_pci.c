@@ -20,8 +20,8 @@ static void both_serve(const char *name, bool attack_ok, const char *attack_why)
 	seed++;
 	bool a = nvme_good_io(seed, why, sizeof(why));
 	bool b = virtio_good_io(seed, why2, sizeof(why2));
-	hcheck(name, attack_ok && a && b, "%s%snvme: %s; virtio-blk: %s", attack_ok ? "" : attack_why,
-	       attack_ok ? "" : "; ", a ? "ok" : why, b ? "ok" : why2);
+	probe_check(name, attack_ok && a && b, "%s%snvme: %s; virtio-blk: %s", attack_ok ? "" : attack_why,
+		    attack_ok ? "" : "; ", a ? "ok" : why, b ? "ok" : why2);
 }
 
 /* Everything the platform answers at fixed addresses still answers. */

@@ -7,13 +7,9 @@
  * (otherwise the cases are skipped with PROBE-INFO smp=skipped).
  */
 #include "hostile.h"
+#include "ap_start.h"
 
-#define TRAMP_BASE 0x10000u
-#define ICR_INIT 0x00004500u    /* INIT, level assert */
-#define ICR_STARTUP 0x00000600u /* SIPI */
 #define ECAM 0xE0000000u
-
-extern const char hostile_tramp_start[], hostile_tramp_end[];
 
 enum ap_mode { AP_IDLE, AP_NVME_DOORBELLS, AP_VIRTIO_NOTIFY, AP_BAR_FLIP, AP_MSIX_FLIP, AP_HALT };
 
@@ -80,17 +76,17 @@ static bool start_ap(void)
 	probe_info("smp_cpus", "%u", cpus.count);
 	if (target == 0xFFFFFFFFu)
 		return false;
-	memcpy((void *)TRAMP_BASE, hostile_tramp_start, (size_t)(hostile_tramp_end - hostile_tramp_start));
-	lapic_send_ipi(target, ICR_INIT);
+	ap_trampoline_install();
+	lapic_send_ipi(target, ICR_INIT | ICR_LEVEL_ASSERT);
 	delay_ms(10);
-	lapic_send_ipi(target, ICR_STARTUP | (TRAMP_BASE >> 12));
+	lapic_send_ipi(target, ICR_STARTUP | AP_SIPI_VECTOR);
 	delay_us(200);
-	lapic_send_ipi(target, ICR_STARTUP | (TRAMP_BASE >> 12));
+	lapic_send_ipi(target, ICR_STARTUP | AP_SIPI_VECTOR);
 	uint64_t dl = deadline_ms(2000);
 	while (!g_alive)
 		if (deadline_passed(dl))
-			return hcheck("smp_second_cpu_started", false, "APIC ID %u never checked in", target);
-	return hcheck("smp_second_cpu_started", ap_set(AP_IDLE), "APIC ID %u started but does not follow", target);
+			return probe_check("smp_second_cpu_started", false, "APIC ID %u never checked in", target);
+	return probe_check("smp_second_cpu_started", ap_set(AP_IDLE), "APIC ID %u started but does not follow", target);
 }
 
 /* Stops the attacker, counts its iterations, then a good request on both devices. */
@@ -103,9 +99,9 @@ static void smp_case(const char *name, uint32_t iters_from, bool ok, const char 
 	probe_info(key, "%u", iters);
 	char w1[160] = "", w2[200] = "";
 	bool a = nvme_good_io(iters, w1, sizeof(w1)), b = virtio_good_io(iters, w2, sizeof(w2));
-	hcheck(name, ok && stopped && iters > 10 && a && b,
-	       "%s; second CPU stopped %u after %u attacks; nvme: %s; virtio-blk: %s", why, stopped, iters,
-	       a ? "ok" : w1, b ? "ok" : w2);
+	probe_check(name, ok && stopped && iters > 10 && a && b,
+		    "%s; second CPU stopped %u after %u attacks; nvme: %s; virtio-blk: %s", why, stopped, iters,
+		    a ? "ok" : w1, b ? "ok" : w2);
 }
 
 void smp_attacks(void)

@@ -7,48 +7,7 @@
  * re-initialisation (PROBE-INFO <case>_needs_reset=1 says which).
  */
 #include "hostile.h"
-
-#define CAP_COMMON 1
-#define CAP_NOTIFY 2
-#define CAP_DEVICE 4
-
-#define C_DFSELECT 0x00
-#define C_DF 0x04
-#define C_GFSELECT 0x08
-#define C_GF 0x0C
-#define C_MSIX 0x10
-#define C_STATUS 0x14
-#define C_Q_SELECT 0x16
-#define C_Q_SIZE 0x18
-#define C_Q_MSIX 0x1A
-#define C_Q_ENABLE 0x1C
-#define C_Q_NOFF 0x1E
-#define C_Q_DESC 0x20
-#define C_Q_DRIVER 0x28
-#define C_Q_DEVICE 0x30
-
-#define S_ACK 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
-#define S_NEEDS_RESET 0x40
-#define S_READY (S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)
-
-#define F_INDIRECT 28
-#define F_VERSION_1 32
-
-#define T_IN 0
-#define T_OUT 1
-#define T_GET_ID 8
-#define T_DISCARD 11
-#define T_WRITE_ZEROES 13
-#define ST_OK 0
-#define ST_IOERR 1
-#define ST_UNTOUCHED 0xEE
-
-#define D_NEXT 1
-#define D_WRITE 2
-#define D_INDIRECT 4
+#include "virtio.h"
 
 #define QSZ 64
 
@@ -64,26 +23,14 @@
 
 #define GOOD_SECTOR 4096 /* 2 MiB into the disk */
 
-struct vdesc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-} PACKED;
-struct blk_hdr {
-	uint32_t type, reserved;
-	uint64_t sector;
-} PACKED;
-
 #define DESC ((volatile struct vdesc *)V_DESC)
 #define AVAIL ((volatile uint16_t *)V_AVAIL) /* flags, idx, ring[QSZ] */
 #define USED_IDX (*(volatile uint16_t *)(V_USED + 2))
 #define USED_ELEM(i) ((volatile uint32_t *)(V_USED + 4 + 8 * ((i) % QSZ)))
 
 static struct {
-	uint8_t dev;
-	uintptr_t bar, common, notify, device;
-	uint32_t notify_mult;
+	struct virtio_pci vp;
+	uintptr_t bar;
 	uint16_t notify_off;
 	uint64_t features;
 	uint16_t avail_idx, used_idx;
@@ -92,52 +39,23 @@ static struct {
 	uint64_t capacity;
 } v;
 
+static struct virtio_pci *const vp = &v.vp;
+
 uintptr_t virtio_bar(void) { return v.bar; }
-uint8_t virtio_dev(void) { return v.dev; }
+uint8_t virtio_dev(void) { return v.vp.dev; }
 
-static uint8_t c_read8(uint32_t off) { return mmio_read8(v.common + off); }
-static uint16_t c_read16(uint32_t off) { return mmio_read16(v.common + off); }
-static void c_write8(uint32_t off, uint8_t x) { mmio_write8(v.common + off, x); }
-static void c_write16(uint32_t off, uint16_t x) { mmio_write16(v.common + off, x); }
-static void c_write32(uint32_t off, uint32_t x) { mmio_write32(v.common + off, x); }
-static void c_write64(uint32_t off, uint64_t x)
-{
-	c_write32(off, (uint32_t)x);
-	c_write32(off + 4, (uint32_t)(x >> 32));
-}
-
+/* The capabilities, all taken to be in BAR0 (flint's layout). */
 static bool find_caps(void)
 {
-	uint8_t ptr = (cfg_read16(v.dev, 0x06) & 0x10) ? cfg_read8(v.dev, 0x34) : 0;
-	for (uint32_t n = 0; ptr && n < 32; n++) {
-		if (cfg_read8(v.dev, ptr) == 0x09) {
-			uint8_t type = cfg_read8(v.dev, ptr + 3);
-			uintptr_t a = v.bar + cfg_read32(v.dev, ptr + 8);
-			if (type == CAP_COMMON && !v.common)
-				v.common = a;
-			else if (type == CAP_NOTIFY && !v.notify) {
-				v.notify = a;
-				v.notify_mult = cfg_read32(v.dev, ptr + 16);
-			} else if (type == CAP_DEVICE && !v.device)
-				v.device = a;
-		}
-		ptr = cfg_read8(v.dev, ptr + 1);
-	}
-	return v.common && v.notify && v.device;
+	struct virtio_cap cap;
+	uint8_t ptr = pci_cap_first(vp->dev);
+	for (uint32_t n = 0; ptr && n < 32; n++, ptr = pci_cap_next(vp->dev, ptr))
+		if (virtio_cap_read(vp->dev, ptr, &cap))
+			virtio_cap_record(vp, &cap, v.bar + cap.offset);
+	return vp->common && vp->notify && vp->device;
 }
 
-static uint8_t negotiate(void)
-{
-	c_write8(C_STATUS, 0);
-	c_write8(C_STATUS, S_ACK);
-	c_write8(C_STATUS, S_ACK | S_DRIVER);
-	c_write32(C_GFSELECT, 0);
-	c_write32(C_GF, (uint32_t)v.features);
-	c_write32(C_GFSELECT, 1);
-	c_write32(C_GF, (uint32_t)(v.features >> 32));
-	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
-	return c_read8(C_STATUS);
-}
+static uint8_t negotiate(void) { return vp_negotiate(vp, v.features); }
 
 /* Queue 0 at the given ring addresses, size QSZ, no MSI-X vector, enabled (not DRIVER_OK). */
 static void setup_queue_at(uint64_t desc, uint64_t avail, uint64_t used)
@@ -145,18 +63,11 @@ static void setup_queue_at(uint64_t desc, uint64_t avail, uint64_t used)
 	memset((void *)V_DESC, 0, 0x3000);
 	AVAIL[0] = 1; /* VIRTQ_AVAIL_F_NO_INTERRUPT */
 	v.avail_idx = v.used_idx = 0;
-	c_write16(C_MSIX, 0xFFFF);
-	c_write16(C_Q_SELECT, 0);
-	c_write16(C_Q_SIZE, QSZ);
-	v.notify_off = c_read16(C_Q_NOFF);
-	c_write64(C_Q_DESC, desc);
-	c_write64(C_Q_DRIVER, avail);
-	c_write64(C_Q_DEVICE, used);
-	c_write16(C_Q_MSIX, 0xFFFF);
-	c_write16(C_Q_ENABLE, 1);
+	vp_write16(vp, C_MSIX, 0xFFFF);
+	v.notify_off = vp_queue_setup(vp, 0, QSZ, desc, avail, used, 0xFFFF);
 }
 
-static void notify(void) { mmio_write16(v.notify + v.notify_off * v.notify_mult, 0); }
+static void notify(void) { vp_notify(vp, v.notify_off); }
 
 /* Reset and the whole initialisation; returns the status read back (S_READY when it worked). */
 static uint8_t reinit(void)
@@ -166,13 +77,13 @@ static uint8_t reinit(void)
 	if (s != (S_ACK | S_DRIVER | S_FEATURES_OK))
 		return s;
 	setup_queue_at(V_DESC, V_AVAIL, V_USED);
-	c_write8(C_STATUS, S_READY);
-	return c_read8(C_STATUS);
+	vp_write8(vp, C_STATUS, S_READY);
+	return vp_read8(vp, C_STATUS);
 }
 
 bool virtio_init(uint8_t dev)
 {
-	v.dev = dev;
+	vp->dev = dev;
 	struct bar b;
 	pci_read_bar(dev, 0, &b);
 	v.bar = (uintptr_t)b.addr;
@@ -181,19 +92,16 @@ bool virtio_init(uint8_t dev)
 	uint64_t offered = 0;
 	uint8_t s = 0;
 	if (caps) {
-		c_write8(C_STATUS, 0);
-		c_write32(C_DFSELECT, 0);
-		offered = mmio_read32(v.common + C_DF);
-		c_write32(C_DFSELECT, 1);
-		offered |= (uint64_t)mmio_read32(v.common + C_DF) << 32;
+		vp_write8(vp, C_STATUS, 0);
+		offered = vp_device_features(vp);
 		v.features = offered & ((1ull << F_VERSION_1) | (1ull << F_INDIRECT));
 		s = reinit();
-		v.capacity = mmio_read32(v.device) | (uint64_t)mmio_read32(v.device + 4) << 32;
+		v.capacity = vp_device_read64(vp, 0);
 	}
 	probe_info("virtio", "slot=%02x bar=0x%x features=0x%llx", dev, (uint32_t)v.bar, offered);
-	return hcheck("virtio_init", caps && s == S_READY && (v.features >> F_INDIRECT & 1),
-		      "BAR0 0x%llx caps %u status 0x%x features 0x%llx (want VERSION_1 and INDIRECT_DESC)", b.addr, caps,
-		      s, offered);
+	return probe_check("virtio_init", caps && s == S_READY && (v.features >> F_INDIRECT & 1),
+			   "BAR0 0x%llx caps %u status 0x%x features 0x%llx (want VERSION_1 and INDIRECT_DESC)",
+			   b.addr, caps, s, offered);
 }
 
 /* Publishes chain `head`, notifies, waits (bounded) for the next used element. */
@@ -217,13 +125,10 @@ static bool kick_wait(uint16_t head, uint32_t ms)
 
 static void set_desc(uint16_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
 {
-	DESC[i].addr = addr;
-	DESC[i].len = len;
-	DESC[i].flags = flags;
-	DESC[i].next = next;
+	vdesc_set(DESC, i, addr, len, flags, next);
 }
 
-static volatile struct blk_hdr *hdr(uint32_t slot) { return (volatile struct blk_hdr *)(V_HDR + 16 * slot); }
+static volatile struct blk_req *hdr(uint32_t slot) { return (volatile struct blk_req *)(V_HDR + 16 * slot); }
 static volatile uint8_t *status_byte(uint32_t slot) { return (volatile uint8_t *)(V_STATUS + slot); }
 
 /* A request of header, one data buffer, status at descriptors 0-2. Returns the status byte,
@@ -244,7 +149,7 @@ static uint8_t request(uint32_t type, uint64_t sector, uint64_t data, uint32_t l
 
 bool virtio_good_io(uint32_t seed, char *why, size_t n)
 {
-	uint8_t status = c_read8(C_STATUS);
+	uint8_t status = vp_read8(vp, C_STATUS);
 	if (status != S_READY) {
 		uint8_t s = reinit();
 		if (s != S_READY) {
@@ -265,13 +170,13 @@ bool virtio_good_io(uint32_t seed, char *why, size_t n)
 	return true;
 }
 
-uintptr_t virtio_notify_addr(void) { return v.notify + v.notify_off * v.notify_mult; }
+uintptr_t virtio_notify_addr(void) { return vp_notify_addr(vp, v.notify_off); }
 
 bool virtio_reset_cycle(char *why, size_t n)
 {
 	uint8_t s = reinit();
 	uint8_t r = s == S_READY ? request(T_IN, GOOD_SECTOR, V_RBUF, 512) : 0xFF;
-	c_write8(C_STATUS, 0);
+	vp_write8(vp, C_STATUS, 0);
 	if (s != S_READY || r != ST_OK) {
 		snprintf(why, n, "status 0x%x after initialisation, read status %u", s, r);
 		return false;
@@ -282,7 +187,7 @@ bool virtio_reset_cycle(char *why, size_t n)
 /* Reports a case: the attack's verdict, whether the device asked for a reset, then a good request. */
 static void virtio_case(const char *name, bool attack_ok, const char *attack_why)
 {
-	uint8_t status = c_read8(C_STATUS);
+	uint8_t status = vp_read8(vp, C_STATUS);
 	if (status & S_NEEDS_RESET) {
 		char key[64];
 		snprintf(key, sizeof(key), "%s_needs_reset", name);
@@ -290,8 +195,8 @@ static void virtio_case(const char *name, bool attack_ok, const char *attack_why
 	}
 	char why[200] = "";
 	bool io = virtio_good_io((uint32_t)(uintptr_t)name, why, sizeof(why));
-	hcheck(name, attack_ok && io, "%s%s%s", attack_ok ? "" : attack_why, attack_ok || io ? "" : "; ",
-	       io ? "" : why);
+	probe_check(name, attack_ok && io, "%s%s%s", attack_ok ? "" : attack_why, attack_ok || io ? "" : "; ",
+		    io ? "" : why);
 }
 
 /* The device answered a malformed chain: IOERR, or returned it unwritten (length 0). */
@@ -319,7 +224,7 @@ static void chain_cases(void)
 	bool b = kick_wait(QSZ + 5, 2000);
 	/* A head index beyond the ring may be dropped, ignored or answered with NEEDS_RESET. */
 	snprintf(why, sizeof(why), "next=0xFFFF: done %u status %u; head %u: returned %u status 0x%x", a, sa, QSZ + 5,
-		 b, c_read8(C_STATUS));
+		 b, vp_read8(vp, C_STATUS));
 	probe_info("virtio_head_out_of_range", "%s", why);
 	virtio_case("virtio_next_out_of_range", refused(a, sa), why);
 
@@ -469,7 +374,7 @@ static void avail_jump_case(void)
 	notify();
 	uint64_t dl = deadline_ms(1000);
 	uint8_t s;
-	while (!((s = c_read8(C_STATUS)) & S_NEEDS_RESET) && !deadline_passed(dl))
+	while (!((s = vp_read8(vp, C_STATUS)) & S_NEEDS_RESET) && !deadline_passed(dl))
 		;
 	char why[80];
 	snprintf(why, sizeof(why), "status 0x%x 1 s after avail->idx jumped by 1000 (want DEVICE_NEEDS_RESET)", s);
@@ -480,30 +385,30 @@ static void avail_jump_case(void)
 static void queue_size_case(void)
 {
 	negotiate();
-	c_write16(C_Q_SELECT, 0);
-	uint16_t max = c_read16(C_Q_SIZE);
+	vp_write16(vp, C_Q_SELECT, 0);
+	uint16_t max = vp_read16(vp, C_Q_SIZE);
 	static const uint16_t bad[] = { 0, 3, 100, 255, 257, 0xFFFF, 0x8000 };
 	char why[120] = "";
 	bool ok = true;
 	for (uint32_t i = 0; i < ARRAY_SIZE(bad); i++) {
-		c_write16(C_Q_SIZE, bad[i]);
-		uint16_t got = c_read16(C_Q_SIZE);
+		vp_write16(vp, C_Q_SIZE, bad[i]);
+		uint16_t got = vp_read16(vp, C_Q_SIZE);
 		if (got != max && ok) {
 			ok = false;
 			snprintf(why, sizeof(why), "queue size %u accepted (reads %u, max %u)", bad[i], got, max);
 		}
 	}
 	/* A queue that does not exist: its registers read size 0 and ignore writes. */
-	c_write16(C_Q_SELECT, 0x7FFF);
-	c_write16(C_Q_SIZE, 16);
-	c_write64(C_Q_DESC, ADDR_OUTSIDE_RAM);
-	c_write16(C_Q_ENABLE, 1);
-	uint16_t ghost = c_read16(C_Q_SIZE);
+	vp_write16(vp, C_Q_SELECT, 0x7FFF);
+	vp_write16(vp, C_Q_SIZE, 16);
+	vp_write64(vp, C_Q_DESC, ADDR_OUTSIDE_RAM);
+	vp_write16(vp, C_Q_ENABLE, 1);
+	uint16_t ghost = vp_read16(vp, C_Q_SIZE);
 	if (ghost && ok) {
 		ok = false;
 		snprintf(why, sizeof(why), "queue 0x7FFF has size %u", ghost);
 	}
-	c_write8(C_STATUS, 0);
+	vp_write8(vp, C_STATUS, 0);
 	virtio_case("virtio_queue_size_not_power_of_two", ok, why);
 }
 
@@ -524,12 +429,12 @@ static void notify_before_driver_ok_case(void)
 	AVAIL[1] = ++v.avail_idx;
 	mb();
 	notify();
-	mmio_write32(v.notify + 5 * v.notify_mult, 0xFFFFFFFFu); /* a queue that does not exist */
-	mmio_write8(v.notify + 1, 0xFF);                          /* an unaligned byte */
+	mmio_write32(vp->notify + 5 * vp->notify_mult, 0xFFFFFFFFu); /* a queue that does not exist */
+	mmio_write8(vp->notify + 1, 0xFF);                          /* an unaligned byte */
 	delay_ms(50);
 	uint16_t used_before = USED_IDX;
 	uint8_t st_before = *status_byte(0);
-	c_write8(C_STATUS, S_READY);
+	vp_write8(vp, C_STATUS, S_READY);
 	notify();
 	uint64_t dl = deadline_ms(2000);
 	while (USED_IDX == 0 && !deadline_passed(dl))
@@ -538,7 +443,7 @@ static void notify_before_driver_ok_case(void)
 	char why[160];
 	snprintf(why, sizeof(why), "before DRIVER_OK: used idx %u status byte %u; after: used idx %u status %u "
 				   "(device status 0x%x)",
-		 used_before, st_before, USED_IDX, *status_byte(0), c_read8(C_STATUS));
+		 used_before, st_before, USED_IDX, *status_byte(0), vp_read8(vp, C_STATUS));
 	virtio_case("virtio_notify_before_driver_ok",
 		    used_before == 0 && st_before == ST_UNTOUCHED && USED_IDX == 1 && *status_byte(0) == ST_OK, why);
 }
@@ -557,10 +462,10 @@ static void ring_outside_ram_case(void)
 	for (uint32_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		negotiate();
 		setup_queue_at(bad[i][0], bad[i][1], bad[i][2]);
-		c_write8(C_STATUS, S_READY);
+		vp_write8(vp, C_STATUS, S_READY);
 		notify();
 		delay_ms(5);
-		uint8_t s = c_read8(C_STATUS);
+		uint8_t s = vp_read8(vp, C_STATUS);
 		if (s == S_READY && ok) {
 			ok = false;
 			snprintf(why, sizeof(why), "rings 0x%llx/0x%llx/0x%llx: status 0x%x, want NEEDS_RESET or no DRIVER_OK",
@@ -590,8 +495,8 @@ static void reset_during_io_case(void)
 	mb();
 	notify();
 	uint64_t t0 = rdtsc();
-	c_write8(C_STATUS, 0);
-	uint8_t s = c_read8(C_STATUS);
+	vp_write8(vp, C_STATUS, 0);
+	uint8_t s = vp_read8(vp, C_STATUS);
 	uint32_t us = tsc_to_us(rdtsc() - t0);
 	uint16_t done = USED_IDX - v.used_idx;
 	/* Nothing moves after the reset returned. */
@@ -608,22 +513,22 @@ static void reset_during_io_case(void)
  * read-only fields. */
 static void config_garbage_case(void)
 {
-	c_write32(C_DFSELECT, 0xFFFFFFFFu);
-	uint32_t df = mmio_read32(v.common + C_DF);
-	c_write32(C_GFSELECT, 0xFFFFFFFFu);
-	c_write32(C_GF, 0xFFFFFFFFu);
-	c_write16(C_MSIX, 0x1234);
-	c_write16(C_Q_SELECT, 0);
-	c_write16(C_Q_MSIX, 0x7FF);
-	c_write16(C_Q_SIZE, 0x1000);
+	vp_write32(vp, C_DFSELECT, 0xFFFFFFFFu);
+	uint32_t df = vp_read32(vp, C_DF);
+	vp_write32(vp, C_GFSELECT, 0xFFFFFFFFu);
+	vp_write32(vp, C_GF, 0xFFFFFFFFu);
+	vp_write16(vp, C_MSIX, 0x1234);
+	vp_write16(vp, C_Q_SELECT, 0);
+	vp_write16(vp, C_Q_MSIX, 0x7FF);
+	vp_write16(vp, C_Q_SIZE, 0x1000);
 	for (uint32_t off = 0; off < 0x40; off += 4)
-		mmio_write32(v.device + off, 0xFFFFFFFFu);
-	mmio_write32(v.device + 0xFFC, 0xFFFFFFFFu);
+		mmio_write32(vp->device + off, 0xFFFFFFFFu);
+	mmio_write32(vp->device + 0xFFC, 0xFFFFFFFFu);
 	for (uint32_t off = 0x38; off < 0x100; off += 4)
-		mmio_write32(v.common + off, 0xFFFFFFFFu);
-	c_write8(C_STATUS, 0xFF);
-	uint8_t s = c_read8(C_STATUS);
-	uint64_t cap = mmio_read32(v.device) | (uint64_t)mmio_read32(v.device + 4) << 32;
+		mmio_write32(vp->common + off, 0xFFFFFFFFu);
+	vp_write8(vp, C_STATUS, 0xFF);
+	uint8_t s = vp_read8(vp, C_STATUS);
+	uint64_t cap = vp_device_read64(vp, 0);
 	char why[120];
 	snprintf(why, sizeof(why), "feature word 0xFFFFFFFF reads 0x%x; status after writing 0xFF: 0x%x; capacity %llu "
 				   "(was %llu)",

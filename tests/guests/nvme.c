@@ -75,6 +75,8 @@
  */
 #include "probe.h"
 #include "pci_cfg.h"
+#include "bench.h"
+#include "nvme.h"
 #include "records.h"
 
 const char probe_name[] = "nvme";
@@ -83,58 +85,6 @@ const char probe_name[] = "nvme";
 #define MMIO32_START 0xC0000000u
 #define MMIO32_END 0xE0000000u
 
-
-/* ---------------------------------------------------------------- NVMe definitions */
-#define REG_CAP 0x00
-#define REG_VS 0x08
-#define REG_CC 0x14
-#define REG_CSTS 0x1C
-#define REG_AQA 0x24
-#define REG_ASQ 0x28
-#define REG_ACQ 0x30
-
-#define CC_EN 1u
-#define CC_IOSQES(n) ((uint32_t)(n) << 16)
-#define CC_IOCQES(n) ((uint32_t)(n) << 20)
-#define CC_SHN_NORMAL (1u << 14)
-#define CSTS_RDY 1u
-#define CSTS_CFS 2u
-#define CSTS_SHST(v) (((v) >> 2) & 3)
-
-/* Admin opcodes */
-#define ADM_DELETE_SQ 0x00
-#define ADM_CREATE_SQ 0x01
-#define ADM_GET_LOG 0x02
-#define ADM_DELETE_CQ 0x04
-#define ADM_CREATE_CQ 0x05
-#define ADM_IDENTIFY 0x06
-#define ADM_SET_FEATURES 0x09
-#define ADM_AER 0x0C
-#define ADM_DBBUF 0x7C
-/* NVM opcodes */
-#define IO_FLUSH 0x00
-#define IO_WRITE 0x01
-#define IO_READ 0x02
-#define IO_WRITE_ZEROES 0x08
-#define IO_DSM 0x09
-
-/* Status as (SCT << 8) | SC; TIMEOUT when no completion arrived. */
-#define ST_OK 0x000
-#define ST_INVALID_OPCODE 0x001
-#define ST_INVALID_FIELD 0x002
-#define ST_DATA_TRANSFER 0x004
-#define ST_INVALID_NS 0x00B
-#define ST_SEQUENCE 0x00C
-#define ST_PRP_OFFSET 0x013
-#define ST_WRITE_PROTECTED 0x020
-#define ST_LBA_RANGE 0x080
-#define ST_CAPACITY_EXCEEDED 0x081
-#define ST_INVALID_CQ 0x100
-#define ST_INVALID_QID 0x101
-#define ST_INVALID_QSIZE 0x102
-#define ST_INVALID_VECTOR 0x108
-#define ST_INVALID_DELETION 0x10C
-#define ST_TIMEOUT 0xFFFF
 
 #define PAGE 4096u
 #define CMD_TIMEOUT_MS 5000
@@ -177,19 +127,6 @@ const char probe_name[] = "nvme";
 #define VEC_COUNT 32
 
 /* ---------------------------------------------------------------- interrupts */
-struct idt_entry {
-	uint16_t off_lo;
-	uint16_t sel;
-	uint8_t zero;
-	uint8_t type;
-	uint16_t off_hi;
-} PACKED;
-struct dtr {
-	uint16_t limit;
-	uint32_t base;
-} PACKED;
-
-extern const uint32_t exc_stub_table[32];
 extern const char nvme_irq_stubs[];
 extern const char nvme_spurious_stub[];
 static struct idt_entry g_idt[256];
@@ -237,26 +174,16 @@ __asm__(".text\n"
 	"popfl\n"
 	"ret\n");
 
-static void idt_set(uint32_t v, uint32_t handler)
-{
-	g_idt[v].off_lo = (uint16_t)handler;
-	g_idt[v].sel = 0x08;
-	g_idt[v].zero = 0;
-	g_idt[v].type = 0x8E;
-	g_idt[v].off_hi = (uint16_t)(handler >> 16);
-}
-
 /* A 256-entry IDT: the library's exception stubs, our MSI vectors, the spurious vector; the local
  * APIC software-enabled; the 8259s and LINT0 masked so that nothing but MSIs can arrive. */
 static void interrupts_init(void)
 {
 	for (uint32_t i = 0; i < 32; i++)
-		idt_set(i, exc_stub_table[i]);
+		idt_set_gate(g_idt, i, exc_stub_table[i]);
 	for (uint32_t i = 0; i < VEC_COUNT; i++)
-		idt_set(VEC_FIRST + i, (uint32_t)(uintptr_t)nvme_irq_stubs + 16 * i);
-	idt_set(0xFF, (uint32_t)(uintptr_t)nvme_spurious_stub);
-	struct dtr d = { sizeof(g_idt) - 1, (uint32_t)(uintptr_t)g_idt };
-	__asm__ volatile("lidt %0" : : "m"(d));
+		idt_set_gate(g_idt, VEC_FIRST + i, (uint32_t)(uintptr_t)nvme_irq_stubs + 16 * i);
+	idt_set_gate(g_idt, 0xFF, (uint32_t)(uintptr_t)nvme_spurious_stub);
+	idt_load(g_idt, ARRAY_SIZE(g_idt));
 	outb(0x21, 0xFF);
 	outb(0xA1, 0xFF);
 	lapic_write(0x350, 1u << 16);                 /* LVT LINT0 masked */
@@ -283,22 +210,8 @@ static bool wait_irq(uint32_t v, uint32_t prev, uint32_t ms)
 }
 
 /* ---------------------------------------------------------------- controller state */
-struct queue {
-	uintptr_t sq, cq;
-	uintptr_t sq_db, cq_db;
-	uint16_t qid, sq_size, cq_size, tail, head;
-	uint8_t phase;
-	uint32_t vec; /* LAPIC vector of its MSI-X entry, 0 for a polled queue */
-};
-
 struct sqe {
 	uint32_t dw[16];
-};
-struct cqe {
-	uint32_t dw0;
-	uint16_t sqhd, sqid, cid;
-	uint16_t status; /* SCT << 8 | SC */
-	bool dnr;
 };
 
 struct ctrl {
@@ -313,7 +226,7 @@ struct ctrl {
 	uint32_t msix_vectors;
 	uintptr_t mem;
 	uint32_t vec_base;
-	struct queue admin, q1, q2, q3;
+	struct nvme_queue admin, q1, q2, q3;
 	uint16_t cid;
 	uint64_t nsze;
 	uint32_t lba_shift;
@@ -375,18 +288,11 @@ static bool ckey_u32(const char *key, uint32_t *out)
 	return ckey_find(key, &v, &n) && parse_u32(v, n, out);
 }
 
-static const char *st_str(uint16_t st, char *buf, size_t n)
-{
-	if (st == ST_TIMEOUT)
-		snprintf(buf, n, "timeout");
-	else
-		snprintf(buf, n, "%u/%02xh", st >> 8, st & 0xFF);
-	return buf;
-}
 static bool check_status(const char *name, uint16_t got, uint16_t want)
 {
 	char a[16], b[16];
-	return check(name, got == want, "status %s, want %s", st_str(got, a, sizeof(a)), st_str(want, b, sizeof(b)));
+	return check(name, got == want, "status %s, want %s", nvme_status_str(got, a, sizeof(a)),
+		     nvme_status_str(want, b, sizeof(b)));
 }
 
 /* ---------------------------------------------------------------- registers and queues */
@@ -394,86 +300,34 @@ static uint32_t reg_read(struct ctrl *c, uint32_t off) { return mmio_read32(c->b
 static void reg_write(struct ctrl *c, uint32_t off, uint32_t v) { mmio_write32(c->bar + off, v); }
 static uintptr_t doorbell(struct ctrl *c, uint32_t qid, bool cq)
 {
-	return c->bar + 0x1000 + (2 * qid + (cq ? 1 : 0)) * (4u << c->dstrd);
+	return nvme_doorbell(c->bar, c->dstrd, (uint16_t)qid, cq);
 }
 
-static void queue_init(struct ctrl *c, struct queue *q, uint16_t qid, uint32_t sq_off, uint16_t sq_size,
+static void queue_init(struct ctrl *c, struct nvme_queue *q, uint16_t qid, uint32_t sq_off, uint16_t sq_size,
 		       uint32_t cq_off, uint16_t cq_size, uint32_t vec)
 {
-	q->sq = c->mem + sq_off;
-	q->cq = c->mem + cq_off;
-	q->qid = qid;
-	q->sq_size = sq_size;
-	q->cq_size = cq_size;
-	q->tail = q->head = 0;
-	q->phase = 1;
+	nvme_queue_init(q, qid, c->mem + sq_off, sq_size, c->mem + cq_off, cq_size, doorbell(c, qid, false),
+			doorbell(c, qid, true));
 	q->vec = vec;
-	q->sq_db = doorbell(c, qid, false);
-	q->cq_db = doorbell(c, qid, true);
-	memset((void *)q->sq, 0, (size_t)sq_size * 64);
-	memset((void *)q->cq, 0, (size_t)cq_size * 16);
-}
-
-static void sqe_init(struct sqe *s, uint8_t opc, uint32_t nsid)
-{
-	memset(s, 0, sizeof(*s));
-	s->dw[0] = opc;
-	s->dw[1] = nsid;
-}
-static void sqe_prp(struct sqe *s, uint64_t prp1, uint64_t prp2)
-{
-	s->dw[6] = (uint32_t)prp1;
-	s->dw[7] = (uint32_t)(prp1 >> 32);
-	s->dw[8] = (uint32_t)prp2;
-	s->dw[9] = (uint32_t)(prp2 >> 32);
 }
 
 /* Copies the command into the ring at the tail (with a fresh command id), advances the tail; rings
  * the doorbell if `ring`. Returns the command id. */
-static uint16_t sq_put(struct ctrl *c, struct queue *q, struct sqe *s, bool ring)
+static uint16_t sq_put(struct ctrl *c, struct nvme_queue *q, struct sqe *s, bool ring)
 {
-	uint16_t cid = ++c->cid;
-	if (cid == 0xFFFF)
-		cid = c->cid = 1;
-	s->dw[0] = (s->dw[0] & 0xFFFF) | (uint32_t)cid << 16;
-	volatile uint32_t *slot = (volatile uint32_t *)(q->sq + (uint32_t)q->tail * 64);
-	for (uint32_t i = 0; i < 16; i++)
-		slot[i] = s->dw[i];
-	q->tail = (uint16_t)((q->tail + 1) % q->sq_size);
+	uint16_t cid = nvme_sq_put(q, s->dw, &c->cid);
 	barrier();
 	if (ring)
 		mmio_write32(q->sq_db, q->tail);
 	return cid;
 }
 
-/* Takes the next completion if one is there (phase tag matches); does not ring the head doorbell. */
-static bool cq_take(struct queue *q, struct cqe *e)
-{
-	volatile uint32_t *ent = (volatile uint32_t *)(q->cq + (uint32_t)q->head * 16);
-	uint32_t dw3 = ent[3];
-	if (((dw3 >> 16) & 1) != q->phase)
-		return false;
-	barrier();
-	e->dw0 = ent[0];
-	uint32_t dw2 = ent[2];
-	e->sqhd = (uint16_t)dw2;
-	e->sqid = (uint16_t)(dw2 >> 16);
-	e->cid = (uint16_t)dw3;
-	e->status = (uint16_t)((((dw3 >> 25) & 7) << 8) | ((dw3 >> 17) & 0xFF));
-	e->dnr = (dw3 >> 31) & 1;
-	if (++q->head == q->cq_size) {
-		q->head = 0;
-		q->phase ^= 1;
-	}
-	return true;
-}
-
 /* Waits (bounded) for the next completion. */
-static bool cq_wait(struct queue *q, struct cqe *e, uint32_t ms)
+static bool cq_wait(struct nvme_queue *q, struct nvme_cqe *e, uint32_t ms)
 {
 	uint64_t dl = 0;
 	for (uint32_t n = 0;; n++) {
-		if (cq_take(q, e))
+		if (nvme_cq_take(q, e))
 			return true;
 		if ((n & 63) == 0) {
 			if (!dl)
@@ -486,7 +340,7 @@ static bool cq_wait(struct queue *q, struct cqe *e, uint32_t ms)
 
 /* Handles a completion on the admin queue that is not the one awaited (the Asynchronous Event
  * Request). */
-static void admin_stray(struct ctrl *c, const struct cqe *e)
+static void admin_stray(struct ctrl *c, const struct nvme_cqe *e)
 {
 	if (c->aer_cid && e->cid == c->aer_cid) {
 		c->aer_done = true;
@@ -499,9 +353,9 @@ static void admin_stray(struct ctrl *c, const struct cqe *e)
 
 /* Submits one command and waits for its completion. On an interrupt-driven queue the wait is for the
  * MSI-X interrupt first (counted), then the completion entry. */
-static uint16_t exec(struct ctrl *c, struct queue *q, struct sqe *s, struct cqe *out)
+static uint16_t exec(struct ctrl *c, struct nvme_queue *q, struct sqe *s, struct nvme_cqe *out)
 {
-	struct cqe e;
+	struct nvme_cqe e;
 	uint32_t prev = q->vec ? irq_count(q->vec) : 0;
 	uint16_t cid = sq_put(c, q, s, true);
 	if (q->vec) {
@@ -531,8 +385,8 @@ static uint16_t exec(struct ctrl *c, struct queue *q, struct sqe *s, struct cqe 
 static uint16_t identify(struct ctrl *c, uint32_t cns, uint32_t nsid, uintptr_t buf)
 {
 	struct sqe s;
-	sqe_init(&s, ADM_IDENTIFY, nsid);
-	sqe_prp(&s, buf, 0);
+	nvme_sqe_init(s.dw, ADM_IDENTIFY, nsid);
+	nvme_sqe_prp(s.dw, buf, 0);
 	s.dw[10] = cns;
 	memset((void *)buf, 0xEE, PAGE);
 	return exec(c, &c->admin, &s, NULL);
@@ -542,8 +396,8 @@ static uint16_t create_cq(struct ctrl *c, uint16_t qid, uint64_t base, uint32_t 
 			  uint16_t iv)
 {
 	struct sqe s;
-	sqe_init(&s, ADM_CREATE_CQ, 0);
-	sqe_prp(&s, base, 0);
+	nvme_sqe_init(s.dw, ADM_CREATE_CQ, 0);
+	nvme_sqe_prp(s.dw, base, 0);
 	s.dw[10] = (entries - 1) << 16 | qid;
 	s.dw[11] = (uint32_t)iv << 16 | (ien ? 2u : 0u) | (contiguous ? 1u : 0u);
 	return exec(c, &c->admin, &s, NULL);
@@ -552,8 +406,8 @@ static uint16_t create_cq(struct ctrl *c, uint16_t qid, uint64_t base, uint32_t 
 static uint16_t create_sq(struct ctrl *c, uint16_t qid, uint64_t base, uint32_t entries, uint16_t cqid)
 {
 	struct sqe s;
-	sqe_init(&s, ADM_CREATE_SQ, 0);
-	sqe_prp(&s, base, 0);
+	nvme_sqe_init(s.dw, ADM_CREATE_SQ, 0);
+	nvme_sqe_prp(s.dw, base, 0);
 	s.dw[10] = (entries - 1) << 16 | qid;
 	s.dw[11] = (uint32_t)cqid << 16 | 1u; /* physically contiguous, priority urgent (ignored) */
 	return exec(c, &c->admin, &s, NULL);
@@ -562,7 +416,7 @@ static uint16_t create_sq(struct ctrl *c, uint16_t qid, uint64_t base, uint32_t 
 static uint16_t delete_queue(struct ctrl *c, uint8_t opc, uint16_t qid)
 {
 	struct sqe s;
-	sqe_init(&s, opc, 0);
+	nvme_sqe_init(s.dw, opc, 0);
 	s.dw[10] = qid;
 	return exec(c, &c->admin, &s, NULL);
 }
@@ -570,8 +424,8 @@ static uint16_t delete_queue(struct ctrl *c, uint8_t opc, uint16_t qid)
 static uint16_t get_log(struct ctrl *c, uint8_t lid, uint32_t bytes, uintptr_t buf, bool rae)
 {
 	struct sqe s;
-	sqe_init(&s, ADM_GET_LOG, 0xFFFFFFFFu);
-	sqe_prp(&s, buf, 0);
+	nvme_sqe_init(s.dw, ADM_GET_LOG, 0xFFFFFFFFu);
+	nvme_sqe_prp(s.dw, buf, 0);
 	uint32_t numd = bytes / 4 - 1;
 	s.dw[10] = (numd & 0xFFFF) << 16 | (rae ? 1u << 15 : 0) | lid;
 	s.dw[11] = numd >> 16;
@@ -607,16 +461,11 @@ static bool verify(uintptr_t buf, uint64_t off, uint32_t len, uint32_t seed, boo
 }
 
 /* ---------------------------------------------------------------- I/O helpers */
-static uint16_t rw(struct ctrl *c, struct queue *q, uint8_t opc, uint64_t off, uint32_t len, uint64_t prp1,
+static uint16_t rw(struct ctrl *c, struct nvme_queue *q, uint8_t opc, uint64_t off, uint32_t len, uint64_t prp1,
 		   uint64_t prp2)
 {
 	struct sqe s;
-	sqe_init(&s, opc, 1);
-	sqe_prp(&s, prp1, prp2);
-	uint64_t lba = off >> c->lba_shift;
-	s.dw[10] = (uint32_t)lba;
-	s.dw[11] = (uint32_t)(lba >> 32);
-	s.dw[12] = (len >> c->lba_shift) - 1;
+	nvme_sqe_rw(s.dw, opc, off >> c->lba_shift, len >> c->lba_shift, prp1, prp2);
 	if (opc == IO_READ)
 		c->reads++;
 	else if (opc == IO_WRITE)
@@ -639,14 +488,14 @@ static uint64_t r4_off(struct ctrl *c) { return disk_bytes(c) - PAGE; }
 
 /* A good read of R0 into the read buffer, verified: the "controller still works" read after each
  * error case. */
-static bool good_read(struct ctrl *c, struct queue *q, char *why, size_t n)
+static bool good_read(struct ctrl *c, struct nvme_queue *q, char *why, size_t n)
 {
 	uintptr_t rb = c->mem + OFF_RBUF;
 	memset((void *)rb, 0xA5, PAGE);
 	char a[16];
 	uint16_t st = rw(c, q, IO_READ, R0_OFF, PAGE, rb, 0);
 	if (st != ST_OK) {
-		snprintf(why, n, "the good read after it: status %s", st_str(st, a, sizeof(a)));
+		snprintf(why, n, "the good read after it: status %s", nvme_status_str(st, a, sizeof(a)));
 		return false;
 	}
 	if (!verify(rb, R0_OFF, PAGE, c->seed, false, why, n))
@@ -658,27 +507,18 @@ static bool good_read(struct ctrl *c, struct queue *q, char *why, size_t n)
 static void io_error_case(struct ctrl *c, const char *name, struct sqe *s, uint16_t want)
 {
 	char a[16], b[16], why[160] = "";
-	struct cqe e;
+	struct nvme_cqe e;
 	uint16_t st = exec(c, &c->q2, s, &e);
 	bool ok = st == want;
 	if (!ok)
-		snprintf(why, sizeof(why), "status %s, want %s", st_str(st, a, sizeof(a)), st_str(want, b, sizeof(b)));
+		snprintf(why, sizeof(why), "status %s, want %s", nvme_status_str(st, a, sizeof(a)),
+			 nvme_status_str(want, b, sizeof(b)));
 	else if (st != ST_OK && !e.dnr)
-		ok = false, snprintf(why, sizeof(why), "status %s without Do Not Retry", st_str(st, a, sizeof(a)));
+		ok = false, snprintf(why, sizeof(why), "status %s without Do Not Retry",
+				     nvme_status_str(st, a, sizeof(a)));
 	else if (!good_read(c, &c->q2, why, sizeof(why)))
 		ok = false;
 	check(name, ok, "%s", why);
-}
-
-static void rw_sqe(struct ctrl *c, struct sqe *s, uint8_t opc, uint64_t lba, uint32_t blocks, uint64_t prp1,
-		   uint64_t prp2)
-{
-	sqe_init(s, opc, 1);
-	sqe_prp(s, prp1, prp2);
-	s->dw[10] = (uint32_t)lba;
-	s->dw[11] = (uint32_t)(lba >> 32);
-	s->dw[12] = blocks - 1;
-	(void)c;
 }
 
 /* ---------------------------------------------------------------- PCI side */
@@ -909,8 +749,8 @@ static void admin_identify(struct ctrl *c)
 static bool create_queues(struct ctrl *c)
 {
 	struct sqe s;
-	struct cqe e;
-	sqe_init(&s, ADM_SET_FEATURES, 0);
+	struct nvme_cqe e;
+	nvme_sqe_init(s.dw, ADM_SET_FEATURES, 0);
 	s.dw[10] = 0x07;
 	s.dw[11] = 3u << 16 | 3u; /* 4 SQs, 4 CQs */
 	uint16_t st = exec(c, &c->admin, &s, &e);
@@ -945,7 +785,7 @@ static bool create_queues(struct ctrl *c)
 static void submit_aer(struct ctrl *c)
 {
 	struct sqe s;
-	sqe_init(&s, ADM_AER, 0);
+	nvme_sqe_init(s.dw, ADM_AER, 0);
 	c->aer_done = false;
 	c->aer_cid = sq_put(c, &c->admin, &s, true);
 }
@@ -953,10 +793,10 @@ static void submit_aer(struct ctrl *c)
 /* Waits (bounded) for the outstanding Asynchronous Event Request to complete. */
 static bool wait_aer(struct ctrl *c, uint32_t ms)
 {
-	struct cqe e;
+	struct nvme_cqe e;
 	uint64_t dl = deadline_ms(ms);
 	while (!c->aer_done && !deadline_passed(dl)) {
-		if (cq_take(&c->admin, &e)) {
+		if (nvme_cq_take(&c->admin, &e)) {
 			mmio_write32(c->admin.cq_db, c->admin.head);
 			admin_stray(c, &e);
 		}
@@ -981,11 +821,11 @@ static void admin_errors(struct ctrl *c)
 		     ST_INVALID_VECTOR);
 	check_status("create_cq_noncontiguous", create_cq(c, 4, spare, 8, false, false, 0), ST_INVALID_FIELD);
 	struct sqe s;
-	sqe_init(&s, ADM_SET_FEATURES, 0);
+	nvme_sqe_init(s.dw, ADM_SET_FEATURES, 0);
 	s.dw[10] = 0x07;
 	s.dw[11] = 0;
 	check_status("set_num_queues_late", exec(c, &c->admin, &s, NULL), ST_SEQUENCE);
-	sqe_init(&s, 0x03, 0); /* reserved admin opcode */
+	nvme_sqe_init(s.dw, 0x03, 0); /* reserved admin opcode */
 	check_status("admin_bad_opcode", exec(c, &c->admin, &s, NULL), ST_INVALID_OPCODE);
 	uint16_t st = identify(c, 2, 0, c->mem + OFF_IDENT);
 	check("admin_after_errors", st == ST_OK && *(volatile uint32_t *)(c->mem + OFF_IDENT) == 1,
@@ -998,12 +838,12 @@ static void admin_errors(struct ctrl *c)
  * reach the IDT handler once interrupts are enabled, and leave ISR clear after the EOI. */
 static void first_interrupt(struct ctrl *c)
 {
-	struct queue *q = &c->q1;
+	struct nvme_queue *q = &c->q1;
 	struct sqe s;
-	struct cqe e;
+	struct nvme_cqe e;
 	uintptr_t wb = c->mem + OFF_WBUF;
 	fill(wb, R0_OFF, PAGE, c->seed);
-	rw_sqe(c, &s, IO_WRITE, R0_OFF >> c->lba_shift, PAGE >> c->lba_shift, wb, 0);
+	nvme_sqe_rw(s.dw, IO_WRITE, R0_OFF >> c->lba_shift, PAGE >> c->lba_shift, wb, 0);
 	c->writes++;
 	uint32_t prev = irq_count(q->vec);
 	uint16_t cid = sq_put(c, q, &s, true);
@@ -1012,8 +852,8 @@ static void first_interrupt(struct ctrl *c)
 	uint16_t want = c->ro ? ST_WRITE_PROTECTED : ST_OK;
 	char a[16], b[16];
 	check("write_prp1", done && e.cid == cid && e.status == want, "completion %s cid %u status %s, want %s",
-	      done ? "seen" : "missing", e.cid, st_str(done ? e.status : ST_TIMEOUT, a, sizeof(a)),
-	      st_str(want, b, sizeof(b)));
+	      done ? "seen" : "missing", e.cid, nvme_status_str(done ? e.status : ST_TIMEOUT, a, sizeof(a)),
+	      nvme_status_str(want, b, sizeof(b)));
 	/* The completion is posted before the interrupt is raised: allow a moment for the irqfd. */
 	uint64_t dl = deadline_ms(1000);
 	bool irr = false;
@@ -1031,7 +871,7 @@ static void first_interrupt(struct ctrl *c)
 /* Writes R0..R5 on the interrupt-driven queue (or, read-only, checks they are refused). */
 static void write_phase(struct ctrl *c)
 {
-	struct queue *q = &c->q1;
+	struct nvme_queue *q = &c->q1;
 	uintptr_t wb = c->mem + OFF_WBUF, la = c->mem + OFF_LIST_A;
 	uint64_t *list = (uint64_t *)la;
 	uint16_t want = c->ro ? ST_WRITE_PROTECTED : ST_OK;
@@ -1066,26 +906,26 @@ static void write_phase(struct ctrl *c)
 	list[1] = wb + 2 * PAGE;
 	check_status("write_12k", rw(c, q, IO_WRITE, R5_OFF, R5_LEN, wb, la), want);
 	struct sqe s;
-	rw_sqe(c, &s, IO_WRITE_ZEROES, (R5_OFF + PAGE) >> c->lba_shift, PAGE >> c->lba_shift, 0, 0);
+	nvme_sqe_rw(s.dw, IO_WRITE_ZEROES, (R5_OFF + PAGE) >> c->lba_shift, PAGE >> c->lba_shift, 0, 0);
 	check_status("write_zeroes", exec(c, q, &s, NULL), want);
 	uint32_t *range = (uint32_t *)(c->mem + OFF_LOG);
 	memset(range, 0, 16);
 	range[1] = PAGE >> c->lba_shift;                          /* length in blocks */
 	range[2] = (uint32_t)((R5_OFF + 2 * PAGE) >> c->lba_shift); /* starting LBA */
-	sqe_init(&s, IO_DSM, 1);
-	sqe_prp(&s, c->mem + OFF_LOG, 0);
+	nvme_sqe_init(s.dw, IO_DSM, 1);
+	nvme_sqe_prp(s.dw, c->mem + OFF_LOG, 0);
 	s.dw[10] = 0;      /* one range */
 	s.dw[11] = 1u << 2; /* deallocate */
 	check_status("dsm_deallocate", exec(c, q, &s, NULL), want);
 
-	sqe_init(&s, IO_FLUSH, 1);
+	nvme_sqe_init(s.dw, IO_FLUSH, 1);
 	check_status("flush", exec(c, q, &s, NULL), ST_OK);
 }
 
 /* Reads everything back on the polled queue 2 and compares. */
 static void read_phase(struct ctrl *c)
 {
-	struct queue *q = &c->q2;
+	struct nvme_queue *q = &c->q2;
 	uintptr_t rb = c->mem + OFF_RBUF, la = c->mem + OFF_LIST_A, lb = c->mem + OFF_LIST_B;
 	char why[160] = "", a[16];
 	uint16_t st;
@@ -1096,7 +936,8 @@ static void read_phase(struct ctrl *c)
 		ok = (expr);                                                                              \
 		check(name, ok, "%s", why[0] ? why : "status not ok");                                   \
 	} while (0)
-#define STATUS_OK(st) ((st) == ST_OK || (snprintf(why, sizeof(why), "status %s", st_str(st, a, sizeof(a))), false))
+#define STATUS_OK(st) \
+	((st) == ST_OK || (snprintf(why, sizeof(why), "status %s", nvme_status_str(st, a, sizeof(a))), false))
 
 	memset((void *)rb, 0xA5, 16 * PAGE);
 	st = rw(c, q, IO_READ, R0_OFF, PAGE, rb + 3 * PAGE, 0);
@@ -1144,12 +985,12 @@ static void read_phase(struct ctrl *c)
  * it and clears the bit. */
 static void masked_vector(struct ctrl *c)
 {
-	struct queue *q = &c->q1;
+	struct nvme_queue *q = &c->q1;
 	struct sqe s;
-	struct cqe e;
+	struct nvme_cqe e;
 	msix_mask(c, 1, true);
 	uint32_t prev = irq_count(q->vec);
-	rw_sqe(c, &s, IO_READ, R0_OFF, PAGE >> c->lba_shift, c->mem + OFF_RBUF, 0);
+	nvme_sqe_rw(s.dw, IO_READ, R0_OFF, PAGE >> c->lba_shift, c->mem + OFF_RBUF, 0);
 	c->reads++;
 	sq_put(c, q, &s, true);
 	bool done = cq_wait(q, &e, CMD_TIMEOUT_MS);
@@ -1176,33 +1017,33 @@ static void io_errors(struct ctrl *c)
 	uint64_t *list = (uint64_t *)la;
 	uint32_t bs_shift = c->lba_shift;
 
-	rw_sqe(c, &s, IO_READ, c->nsze - 1, 2, rb, 0);
+	nvme_sqe_rw(s.dw, IO_READ, c->nsze - 1, 2, rb, 0);
 	io_error_case(c, "err_lba_range", &s, ST_LBA_RANGE);
 
-	rw_sqe(c, &s, IO_READ, 0, 1, rb, 0);
+	nvme_sqe_rw(s.dw, IO_READ, 0, 1, rb, 0);
 	s.dw[0] = 0x7E;
 	io_error_case(c, "err_opcode", &s, ST_INVALID_OPCODE);
 
-	rw_sqe(c, &s, IO_READ, 0, 1, rb, 0);
+	nvme_sqe_rw(s.dw, IO_READ, 0, 1, rb, 0);
 	s.dw[1] = 2;
 	io_error_case(c, "err_nsid", &s, ST_INVALID_NS);
 
-	rw_sqe(c, &s, IO_READ, 0, PAGE >> bs_shift, PRP_OUTSIDE_RAM, 0);
+	nvme_sqe_rw(s.dw, IO_READ, 0, PAGE >> bs_shift, PRP_OUTSIDE_RAM, 0);
 	io_error_case(c, "err_prp_outside_ram", &s, ST_DATA_TRANSFER);
 
-	rw_sqe(c, &s, IO_READ, 0, PAGE >> bs_shift, PRP_PCI_HOLE, 0);
+	nvme_sqe_rw(s.dw, IO_READ, 0, PAGE >> bs_shift, PRP_PCI_HOLE, 0);
 	io_error_case(c, "err_prp_pci_hole", &s, ST_DATA_TRANSFER);
 
-	rw_sqe(c, &s, IO_READ, 0, 1, rb + 2, 0);
+	nvme_sqe_rw(s.dw, IO_READ, 0, 1, rb + 2, 0);
 	io_error_case(c, "err_prp1_unaligned", &s, ST_PRP_OFFSET);
 
 	/* 12 KiB: PRP1 + a list whose second entry is not page aligned. */
 	list[0] = rb + PAGE;
 	list[1] = rb + 2 * PAGE + 0x100;
-	rw_sqe(c, &s, IO_READ, 0, (3 * PAGE) >> bs_shift, rb, la);
+	nvme_sqe_rw(s.dw, IO_READ, 0, (3 * PAGE) >> bs_shift, rb, la);
 	io_error_case(c, "err_prp_list_entry_unaligned", &s, ST_PRP_OFFSET);
 
-	rw_sqe(c, &s, IO_READ, 0, (3 * PAGE) >> bs_shift, rb, PRP_OUTSIDE_RAM);
+	nvme_sqe_rw(s.dw, IO_READ, 0, (3 * PAGE) >> bs_shift, rb, PRP_OUTSIDE_RAM);
 	io_error_case(c, "err_prp_list_outside_ram", &s, ST_DATA_TRANSFER);
 
 	/* 16 KiB: the list starts 16 bytes before the end of its page (one data entry + a chain
@@ -1210,22 +1051,22 @@ static void io_errors(struct ctrl *c)
 	uint64_t *tail = (uint64_t *)(la + PAGE - 16);
 	tail[0] = rb + PAGE;
 	tail[1] = la;
-	rw_sqe(c, &s, IO_READ, 0, (4 * PAGE) >> bs_shift, rb, la + PAGE - 16);
+	nvme_sqe_rw(s.dw, IO_READ, 0, (4 * PAGE) >> bs_shift, rb, la + PAGE - 16);
 	io_error_case(c, "err_prp_loop", &s, ST_DATA_TRANSFER);
 
 	if (c->mdts_bytes && (c->mdts_bytes >> bs_shift) < 0xFFFF) {
-		rw_sqe(c, &s, IO_READ, 0, (c->mdts_bytes >> bs_shift) + 1, rb, la);
+		nvme_sqe_rw(s.dw, IO_READ, 0, (c->mdts_bytes >> bs_shift) + 1, rb, la);
 		io_error_case(c, "err_over_mdts", &s, ST_INVALID_FIELD);
 	}
 
 	if (!c->ro) {
 		/* A write to Z whose second page is outside RAM: Data Transfer Error, Z stays zero. */
 		fill(rb, Z_OFF, PAGE, c->seed);
-		rw_sqe(c, &s, IO_WRITE, Z_OFF >> bs_shift, (2 * PAGE) >> bs_shift, rb, PRP_OUTSIDE_RAM);
+		nvme_sqe_rw(s.dw, IO_WRITE, Z_OFF >> bs_shift, (2 * PAGE) >> bs_shift, rb, PRP_OUTSIDE_RAM);
 		c->writes++;
 		io_error_case(c, "err_write_prp2_outside_ram", &s, ST_DATA_TRANSFER);
 	} else {
-		rw_sqe(c, &s, IO_WRITE, Z_OFF >> bs_shift, PAGE >> bs_shift, rb, 0);
+		nvme_sqe_rw(s.dw, IO_WRITE, Z_OFF >> bs_shift, PAGE >> bs_shift, rb, 0);
 		io_error_case(c, "err_write_readonly", &s, ST_WRITE_PROTECTED);
 	}
 
@@ -1251,14 +1092,14 @@ static void io_errors(struct ctrl *c)
  * stop after 3 until the head doorbell frees the slots. */
 static void cq_full(struct ctrl *c)
 {
-	struct queue *q = &c->q3;
+	struct nvme_queue *q = &c->q3;
 	struct sqe s;
-	struct cqe e[6];
+	struct nvme_cqe e[6];
 	uintptr_t rb = c->mem + OFF_RBUF;
 	memset((void *)rb, 0xA5, 6 * PAGE);
 	uint16_t cids[6];
 	for (uint32_t i = 0; i < 6; i++) {
-		rw_sqe(c, &s, IO_READ, (R3_OFF + i * PAGE) >> c->lba_shift, PAGE >> c->lba_shift, rb + i * PAGE, 0);
+		nvme_sqe_rw(s.dw, IO_READ, (R3_OFF + i * PAGE) >> c->lba_shift, PAGE >> c->lba_shift, rb + i * PAGE, 0);
 		c->reads++;
 		cids[i] = sq_put(c, q, &s, i == 5);
 	}
@@ -1266,8 +1107,8 @@ static void cq_full(struct ctrl *c)
 	while (got < 3 && cq_wait(q, &e[got], CMD_TIMEOUT_MS))
 		got++;
 	delay_ms(20);
-	struct cqe extra;
-	bool stalled = got == 3 && !cq_take(q, &extra);
+	struct nvme_cqe extra;
+	bool stalled = got == 3 && !nvme_cq_take(q, &extra);
 	mmio_write32(q->cq_db, q->head);
 	while (got < 6 && cq_wait(q, &e[got], CMD_TIMEOUT_MS)) {
 		got++;
@@ -1357,16 +1198,6 @@ static void shutdown_notify(struct ctrl *c)
 	reg_write(c, REG_CC, 0);
 	bool off = wait_csts(c, CSTS_RDY, 0, 10000, &last);
 	check("disable", off, "CSTS 0x%x after CC.EN=0", last);
-}
-
-/* ---------------------------------------------------------------- benchmark */
-static uint32_t g_rng = 0x12345678u;
-static uint32_t rnd(void)
-{
-	g_rng ^= g_rng << 13;
-	g_rng ^= g_rng >> 17;
-	g_rng ^= g_rng << 5;
-	return g_rng;
 }
 
 static void bench(struct ctrl *c);
@@ -1464,7 +1295,7 @@ void probe_main(void)
 static bool g_shadow;
 static uint32_t g_mmio_doorbells;
 
-static void bench_ring(struct ctrl *c, struct queue *q, bool cq, uint16_t value)
+static void bench_ring(struct ctrl *c, struct nvme_queue *q, bool cq, uint16_t value)
 {
 	if (g_shadow) {
 		uint32_t slot = 2 * q->qid + (cq ? 1 : 0);
@@ -1486,7 +1317,7 @@ static void bench_ring(struct ctrl *c, struct queue *q, bool cq, uint16_t value)
  * prepared once; per command only the command id, data pointer and LBA are written (on PVM hosts each
  * guest instruction is emulated, so the guest's own cost per I/O matters). Returns false on a stall
  * (nothing completed for 5 s). */
-static bool bench_run(struct ctrl *c, struct queue *q, const char *name, uint8_t opc, uint32_t xfer, uint32_t qd,
+static bool bench_run(struct ctrl *c, struct nvme_queue *q, const char *name, uint8_t opc, uint32_t xfer, uint32_t qd,
 		      bool random, uint32_t ops, uint32_t *errors)
 {
 	uint64_t lo = 16 * 0x100000ull, hi = disk_bytes(c) - 0x100000ull; /* sequential range */
@@ -1500,7 +1331,7 @@ static bool bench_run(struct ctrl *c, struct queue *q, const char *name, uint8_t
 			list[i - 1] = buf + i * PAGE;
 	}
 	struct sqe s;
-	rw_sqe(c, &s, opc, 0, xfer >> shift, buf, pages == 2 ? buf + PAGE : pages > 2 ? (uintptr_t)list : 0);
+	nvme_sqe_rw(s.dw, opc, 0, xfer >> shift, buf, pages == 2 ? buf + PAGE : pages > 2 ? (uintptr_t)list : 0);
 	for (uint32_t i = 0; i < q->sq_size; i++)
 		memcpy((void *)(q->sq + i * 64), &s, sizeof(s));
 	uint16_t free_slots[32];
@@ -1508,32 +1339,21 @@ static bool bench_run(struct ctrl *c, struct queue *q, const char *name, uint8_t
 	for (uint32_t i = 0; i < qd; i++)
 		free_slots[nfree++] = (uint16_t)i;
 	uint32_t submitted = 0, completed = 0, errs = 0, doorbells0 = g_mmio_doorbells;
-	uint64_t seq = lo;
+	struct bench_offsets offsets = { random, units, xfer, lo, hi, lo };
 	uint64_t t0 = rdtsc(), progress = t0, stall = (uint64_t)tsc_khz() * 5000;
-	struct cqe e;
+	struct nvme_cqe e;
 	bool stalled = false;
 	while (completed < ops) {
 		uint32_t n = 0;
 		while (nfree && submitted < ops) {
 			uint32_t slot = free_slots[--nfree];
-			uint64_t off;
-			if (random) {
-				off = (uint64_t)(rnd() % units) << 12;
-			} else {
-				off = seq;
-				seq += xfer;
-				if (seq + xfer > hi)
-					seq = lo;
-			}
-			volatile uint32_t *d = (volatile uint32_t *)(q->sq + (uint32_t)q->tail * 64);
+			uint64_t off = bench_next_offset(&offsets);
+			volatile uint32_t *d = nvme_sq_tail_entry(q);
 			d[0] = opc | slot << 16;
 			if (pages == 1)
 				d[6] = buf + slot * PAGE;
-			uint64_t lba = off >> shift;
-			d[10] = (uint32_t)lba;
-			d[11] = (uint32_t)(lba >> 32);
-			if (++q->tail == q->sq_size)
-				q->tail = 0;
+			nvme_sqe_set_lba(d, off >> shift);
+			nvme_sq_advance(q);
 			submitted++;
 			n++;
 		}
@@ -1542,7 +1362,7 @@ static bool bench_run(struct ctrl *c, struct queue *q, const char *name, uint8_t
 			bench_ring(c, q, false, q->tail);
 		}
 		uint32_t reaped = 0;
-		while (cq_take(q, &e)) {
+		while (nvme_cq_take(q, &e)) {
 			reaped++;
 			if (e.status)
 				errs++;
@@ -1579,7 +1399,7 @@ static void bench(struct ctrl *c)
 	cmdline_get_u32("bench_ops", &ops);
 	if (ops < 8)
 		ops = 8;
-	struct queue *q = &c->q3;
+	struct nvme_queue *q = &c->q3;
 	probe_info("bench_disk", "bytes=%llu block_size=%u", disk_bytes(c), 1u << c->lba_shift);
 	/* Pass 0 with MMIO doorbells; pass 1 with shadow doorbells, configured before the queue is
 	 * created, as Linux does (so both buffers start at zero for it). */
@@ -1587,8 +1407,8 @@ static void bench(struct ctrl *c)
 		if (pass == 1) {
 			memset((void *)(c->mem + OFF_SHADOW), 0, 2 * PAGE);
 			struct sqe s;
-			sqe_init(&s, ADM_DBBUF, 0);
-			sqe_prp(&s, c->mem + OFF_SHADOW, c->mem + OFF_EVENTIDX);
+			nvme_sqe_init(s.dw, ADM_DBBUF, 0);
+			nvme_sqe_prp(s.dw, c->mem + OFF_SHADOW, c->mem + OFF_EVENTIDX);
 			uint16_t st = exec(c, &c->admin, &s, NULL);
 			if (!check_status("bench_doorbell_buffer_config", st, ST_OK))
 				break;
@@ -1632,12 +1452,7 @@ static void bench(struct ctrl *c)
 #define BENCH_SW_MAX_XFER 0x80000u /* 512 KiB per slot */
 #define BENCH_SW_MAX_SLICES 1024u
 
-struct sw_slice {
-	uint64_t start, end; /* TSC */
-	uint32_t ops;
-	uint64_t bytes;
-};
-static struct sw_slice g_sw_slices[BENCH_SW_MAX_SLICES];
+static struct bench_slice g_sw_slices[BENCH_SW_MAX_SLICES];
 
 static void bench_seqwrite(struct ctrl *c)
 {
@@ -1669,13 +1484,13 @@ static void bench_seqwrite(struct ctrl *c)
 
 	/* Set Features Number of Queues, then one polled I/O queue pair (qid 3, 64 entries). */
 	struct sqe s;
-	sqe_init(&s, ADM_SET_FEATURES, 0);
+	nvme_sqe_init(s.dw, ADM_SET_FEATURES, 0);
 	s.dw[10] = 0x07;
 	s.dw[11] = 3u << 16 | 3u;
 	uint16_t st = exec(c, &c->admin, &s, NULL);
 	if (!check_status("bench_set_num_queues", st, ST_OK))
 		return;
-	struct queue *q = &c->q3;
+	struct nvme_queue *q = &c->q3;
 	queue_init(c, q, 3, OFF_SQ3, Q1_ENTRIES, OFF_CQ3, Q1_ENTRIES, 0);
 	uint16_t a = create_cq(c, 3, q->cq, Q1_ENTRIES, true, false, 0), b = create_sq(c, 3, q->sq, Q1_ENTRIES, 3);
 	if (!check("bench_queue", !(a | b), "Create I/O CQ/SQ 3 for the benchmark: 0x%x 0x%x", a, b))
@@ -1689,7 +1504,7 @@ static void bench_seqwrite(struct ctrl *c)
 		for (uint32_t i = 1; i < pages; i++)
 			list[i - 1] = buf + i * PAGE;
 	}
-	rw_sqe(c, &s, IO_WRITE, 0, xfer >> shift, BENCH_SW_BASE, 0);
+	nvme_sqe_rw(s.dw, IO_WRITE, 0, xfer >> shift, BENCH_SW_BASE, 0);
 	for (uint32_t i = 0; i < q->sq_size; i++)
 		memcpy((void *)(q->sq + i * 64), &s, sizeof(s));
 
@@ -1697,27 +1512,22 @@ static void bench_seqwrite(struct ctrl *c)
 	uint32_t nfree = 0;
 	for (uint32_t i = 0; i < qd; i++)
 		free_slots[nfree++] = (uint16_t)(qd - 1 - i);
-	uint32_t completed = 0, outstanding = 0, errs = 0, nslices = 0;
-	uint64_t seq = lo, bytes = 0;
-	uint64_t khz = tsc_khz();
-	uint64_t slice_ticks = khz * slice_ms, run_ticks = khz * 1000u * seconds, stall = khz * 5000u;
-	struct sw_slice cur = { 0, 0, 0, 0 };
-	uint64_t t0 = rdtsc(), progress = t0, last = t0;
-	cur.start = t0;
+	uint32_t completed = 0, outstanding = 0, errs = 0;
+	struct bench_offsets offsets = { false, 0, xfer, lo, hi, lo };
+	uint64_t run_ticks = (uint64_t)tsc_khz() * 1000u * seconds;
+	struct bench_slices sl;
+	bench_slices_start(&sl, g_sw_slices, BENCH_SW_MAX_SLICES, slice_ms);
 	bool stalled = false;
-	struct cqe e;
+	struct nvme_cqe e;
 	for (;;) {
-		bool submitting = last - t0 < run_ticks;
+		bool submitting = bench_slices_elapsed(&sl) < run_ticks;
 		if (!submitting && !outstanding)
 			break;
 		uint32_t n = 0;
 		while (submitting && nfree) {
 			uint32_t slot = free_slots[--nfree];
-			uint64_t off = seq;
-			seq += xfer;
-			if (seq + xfer > hi)
-				seq = lo;
-			volatile uint32_t *d = (volatile uint32_t *)(q->sq + (uint32_t)q->tail * 64);
+			uint64_t off = bench_next_offset(&offsets);
+			volatile uint32_t *d = nvme_sq_tail_entry(q);
 			d[0] = IO_WRITE | slot << 16;
 			d[6] = BENCH_SW_BASE + slot * xfer;
 			d[7] = 0;
@@ -1729,11 +1539,8 @@ static void bench_seqwrite(struct ctrl *c)
 				d[8] = 0;
 			}
 			d[9] = 0;
-			uint64_t lba = off >> shift;
-			d[10] = (uint32_t)lba;
-			d[11] = (uint32_t)(lba >> 32);
-			if (++q->tail == q->sq_size)
-				q->tail = 0;
+			nvme_sqe_set_lba(d, off >> shift);
+			nvme_sq_advance(q);
 			outstanding++;
 			n++;
 		}
@@ -1742,59 +1549,30 @@ static void bench_seqwrite(struct ctrl *c)
 			mmio_write32(q->sq_db, q->tail);
 		}
 		uint32_t reaped = 0;
-		while (cq_take(q, &e)) {
+		while (nvme_cq_take(q, &e)) {
 			reaped++;
 			if (e.status)
 				errs++;
-			else {
-				cur.ops++;
-				cur.bytes += xfer;
-			}
+			else
+				bench_slices_count(&sl, xfer);
 			if (e.cid < qd && nfree < qd)
 				free_slots[nfree++] = e.cid;
 		}
-		uint64_t now = rdtsc();
+		bool alive = bench_slices_poll(&sl, reaped); /* the completion time before the doorbell */
 		if (reaped) {
 			mmio_write32(q->cq_db, q->head);
 			completed += reaped;
 			outstanding = reaped > outstanding ? 0 : outstanding - reaped;
-			progress = last = now;
-			if (now - cur.start >= slice_ticks) {
-				cur.end = now;
-				bytes += cur.bytes;
-				if (nslices < BENCH_SW_MAX_SLICES)
-					g_sw_slices[nslices] = cur;
-				nslices++;
-				cur.start = now;
-				cur.ops = 0;
-				cur.bytes = 0;
-			}
-		} else if (now - progress > stall) {
+		} else if (!alive) {
 			errs += outstanding;
 			stalled = true;
 			break;
 		}
 	}
-	if (!stalled && cur.ops) { /* the last, shorter slice */
-		cur.end = last;
-		bytes += cur.bytes;
-		if (nslices < BENCH_SW_MAX_SLICES)
-			g_sw_slices[nslices] = cur;
-		nslices++;
-	} else {
-		bytes += cur.bytes;
-	}
-	uint32_t shown = nslices < BENCH_SW_MAX_SLICES ? nslices : BENCH_SW_MAX_SLICES;
-	for (uint32_t i = 0; i < shown; i++) {
-		const struct sw_slice *sl = &g_sw_slices[i];
-		char key[48];
-		snprintf(key, sizeof(key), "bench_seqwrite_slice_%u", i);
-		probe_info(key, "start_us=%llu us=%u ops=%u bytes=%llu", udiv64((sl->start - t0) * 1000u, (uint32_t)khz, NULL),
-			   tsc_to_us(sl->end - sl->start), sl->ops, sl->bytes);
-	}
-	uint32_t us = tsc_to_us(last - t0);
-	probe_info("bench_seqwrite", "ops=%u bytes=%llu us=%u errors=%u xfer=%u qd=%u slices=%u%s", completed, bytes, us,
-		   errs, xfer, qd, nslices, stalled ? " stalled" : "");
+	bench_slices_finish(&sl, stalled, "bench_seqwrite", "ops");
+	uint32_t us = tsc_to_us(bench_slices_elapsed(&sl));
+	probe_info("bench_seqwrite", "ops=%u bytes=%llu us=%u errors=%u xfer=%u qd=%u slices=%u%s", completed, sl.bytes,
+		   us, errs, xfer, qd, sl.n, stalled ? " stalled" : "");
 	probe_check("bench_seqwrite", !errs && !stalled && completed, "%u writes failed%s", errs,
 		    stalled ? " or never completed (stalled: nothing completed for 5 s)" : "");
 	if (!stalled) {
@@ -1839,7 +1617,7 @@ static const uint8_t dur_chunks[] = {1, 2, 4, 1, 8, 16}; /* pages per write comm
 static bool dur_queue(struct ctrl *c)
 {
 	struct sqe s;
-	sqe_init(&s, ADM_SET_FEATURES, 0);
+	nvme_sqe_init(s.dw, ADM_SET_FEATURES, 0);
 	s.dw[10] = 0x07;
 	s.dw[11] = 0; /* one SQ, one CQ */
 	uint16_t st = exec(c, &c->admin, &s, NULL);
@@ -1863,20 +1641,20 @@ static void dur_sqe(struct ctrl *c, struct sqe *s, uint8_t opc, uint64_t off, ui
 			l[i - 1] = buf + i * PAGE;
 		prp2 = DUR_LISTS + list * PAGE;
 	}
-	rw_sqe(c, s, opc, off >> c->lba_shift, (pages * PAGE) >> c->lba_shift, buf, prp2);
+	nvme_sqe_rw(s->dw, opc, off >> c->lba_shift, (pages * PAGE) >> c->lba_shift, buf, prp2);
 }
 
 /* Submits `n` commands with one doorbell and waits for all of them; returns the first failed status
  * (ST_OK if none). */
 static uint16_t dur_batch(struct ctrl *c, struct sqe *cmds, uint32_t n)
 {
-	struct queue *q = &c->q1;
+	struct nvme_queue *q = &c->q1;
 	for (uint32_t i = 0; i < n; i++)
 		sq_put(c, q, &cmds[i], false);
 	barrier();
 	mmio_write32(q->sq_db, q->tail);
 	uint16_t first = ST_OK;
-	struct cqe e;
+	struct nvme_cqe e;
 	for (uint32_t i = 0; i < n; i++) {
 		if (!cq_wait(q, &e, CMD_TIMEOUT_MS))
 			return ST_TIMEOUT;
@@ -1903,7 +1681,7 @@ static uint16_t dur_records_io(struct ctrl *c, uint8_t opc, uintptr_t buf, uint3
 static uint16_t dur_flush(struct ctrl *c)
 {
 	struct sqe s;
-	sqe_init(&s, IO_FLUSH, 1);
+	nvme_sqe_init(s.dw, IO_FLUSH, 1);
 	return exec(c, &c->q1, &s, NULL);
 }
 
@@ -1915,10 +1693,12 @@ static bool dur_generation(struct ctrl *c, uint32_t n, uint32_t g, const char *n
 		rec_stamp((uint32_t *)(uintptr_t)(DUR_BASE + r * REC_BYTES), r, g);
 	uint16_t st = dur_records_io(c, IO_WRITE, DUR_BASE, n * REC_BYTES / PAGE);
 	if (st != ST_OK)
-		return check(name, false, "generation %u: a write failed with status %s", g, st_str(st, a, sizeof(a)));
+		return check(name, false, "generation %u: a write failed with status %s", g,
+			     nvme_status_str(st, a, sizeof(a)));
 	st = dur_flush(c);
 	if (st != ST_OK)
-		return check(name, false, "generation %u: Flush failed with status %s", g, st_str(st, a, sizeof(a)));
+		return check(name, false, "generation %u: Flush failed with status %s", g,
+			     nvme_status_str(st, a, sizeof(a)));
 	probe_info("flushed", "%u", g);
 	return true;
 }
@@ -1930,7 +1710,7 @@ static bool dur_read_back(struct ctrl *c, uint32_t n, uint32_t g, char *why, siz
 	memset((void *)DUR_READ, 0, n * REC_BYTES);
 	uint16_t st = dur_records_io(c, IO_READ, DUR_READ, n * REC_BYTES / PAGE);
 	if (st != ST_OK) {
-		snprintf(why, len, "read status %s", st_str(st, a, sizeof(a)));
+		snprintf(why, len, "read status %s", nvme_status_str(st, a, sizeof(a)));
 		return false;
 	}
 	for (uint32_t r = 0; r < n; r++) {
@@ -1978,7 +1758,7 @@ static void dur_fulldisk(struct ctrl *c)
 	probe_info("fulldisk_written", "%llu", written);
 	if (check("fulldisk_write_error", st == ST_CAPACITY_EXCEEDED,
 		  "the write at byte 0x%llx: status %s, want Capacity Exceeded (0/81h) before the end of the disk",
-		  off, st_str(st, a, sizeof(a)))) {
+		  off, nvme_status_str(st, a, sizeof(a)))) {
 		/* A driver may retry as often as it likes: every retry fails the same way. */
 		uint32_t same = 0;
 		for (uint32_t i = 0; i < DUR_RETRIES; i++) {
@@ -1990,7 +1770,8 @@ static void dur_fulldisk(struct ctrl *c)
 	}
 
 	st = dur_flush(c);
-	check("fulldisk_flush_after", st == ST_OK, "Flush after the failed write: status %s", st_str(st, a, sizeof(a)));
+	check("fulldisk_flush_after", st == ST_OK, "Flush after the failed write: status %s",
+	      nvme_status_str(st, a, sizeof(a)));
 	check("fulldisk_read_flushed", dur_read_back(c, 64, 1, why, sizeof(why)), "%s", why);
 	bool ok = dur_generation(c, 64, 2, "fulldisk_overwrite") && dur_read_back(c, 64, 2, why, sizeof(why));
 	if (ok || why[0])

@@ -7,22 +7,14 @@
  * 10000 + 250 per CPU, at most 30000), exit=... (see the boot probe).
  */
 #include "probe.h"
+#include "ap_start.h"
 
 const char probe_name[] = "smp";
 
-#define TRAMP_BASE 0x10000u
-#define SIPI_VECTOR (TRAMP_BASE >> 12)
-
-/* filled in by the APs (smp_trampoline.S) */
+/* filled in by the APs (smp_ap.S) */
 volatile uint32_t smp_checkin[256];
 volatile uint32_t smp_ap_count;
 volatile uint32_t smp_order[256];
-extern const uint8_t smp_tramp_start[], smp_tramp_end[];
-
-#define ICR_INIT 0x00000500u
-#define ICR_STARTUP 0x00000600u
-#define ICR_LEVEL_ASSERT 0x00004000u
-#define ICR_ALL_BUT_SELF 0x000C0000u
 
 static struct madt_cpus g_cpus;
 
@@ -63,10 +55,9 @@ void probe_main(void)
 	lapic_write(LAPIC_SVR, 0x1FF);
 
 	/* trampoline at 0x10000 */
-	uint32_t tsize = (uint32_t)(smp_tramp_end - smp_tramp_start);
-	if (g_memmap && !memmap_is_ram(TRAMP_BASE, tsize))
-		probe_info("tramp_warning", "0x%x is not RAM in the memory map", TRAMP_BASE);
-	memcpy((void *)TRAMP_BASE, smp_tramp_start, tsize);
+	if (g_memmap && !memmap_is_ram(AP_TRAMPOLINE_BASE, ap_trampoline_size()))
+		probe_info("tramp_warning", "0x%x is not RAM in the memory map", AP_TRAMPOLINE_BASE);
+	ap_trampoline_install();
 
 	/* The BSP checks itself in. */
 	smp_checkin[bsp_id & 0xff]++;
@@ -93,15 +84,15 @@ void probe_main(void)
 		for (int k = 0; k < 2; k++) {
 			for (uint32_t i = 0; i < n_madt; i++)
 				if (g_cpus.ids[i] != bsp_id)
-					send("SIPI", g_cpus.ids[i], ICR_STARTUP | SIPI_VECTOR, &bad);
+					send("SIPI", g_cpus.ids[i], ICR_STARTUP | AP_SIPI_VECTOR, &bad);
 			delay_us(200);
 		}
 	} else {
 		send("INIT", 0, ICR_ALL_BUT_SELF | ICR_INIT | ICR_LEVEL_ASSERT, &bad);
 		delay_ms(10);
-		send("SIPI", 0, ICR_ALL_BUT_SELF | ICR_STARTUP | SIPI_VECTOR, &bad);
+		send("SIPI", 0, ICR_ALL_BUT_SELF | ICR_STARTUP | AP_SIPI_VECTOR, &bad);
 		delay_us(200);
-		send("SIPI", 0, ICR_ALL_BUT_SELF | ICR_STARTUP | SIPI_VECTOR, &bad);
+		send("SIPI", 0, ICR_ALL_BUT_SELF | ICR_STARTUP | AP_SIPI_VECTOR, &bad);
 	}
 	uint64_t t_sent = rdtsc();
 	probe_check("ipi_delivery", bad == 0, "%u IPIs left the ICR delivery status pending", bad);

@@ -35,42 +35,13 @@
  * probe runs under QEMU with -device virtio-blk-pci,disable-legacy=on.
  */
 #include "probe.h"
-#include "pci_cfg.h"
+#include "bench.h"
 #include "records.h"
+#include "virtio.h"
 
 const char probe_name[] = "virtio_blk";
 
-/* ---------------------------------------------------------------- PCI configuration */
-
-
-/* ---------------------------------------------------------------- virtio definitions */
-#define CAP_COMMON 1
-#define CAP_NOTIFY 2
-#define CAP_ISR 3
-#define CAP_DEVICE 4
-
-/* common configuration */
-#define C_DFSELECT 0x00
-#define C_DF 0x04
-#define C_GFSELECT 0x08
-#define C_GF 0x0C
-#define C_MSIX 0x10
-#define C_NUMQ 0x12
-#define C_STATUS 0x14
-#define C_Q_SELECT 0x16
-#define C_Q_SIZE 0x18
-#define C_Q_MSIX 0x1A
-#define C_Q_ENABLE 0x1C
-#define C_Q_NOFF 0x1E
-#define C_Q_DESC 0x20
-#define C_Q_DRIVER 0x28
-#define C_Q_DEVICE 0x30
-
-#define S_ACK 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
-
+/* ---------------------------------------------------------------- virtio-blk definitions */
 /* feature bits */
 #define F_BLK_SEG_MAX 2
 #define F_BLK_RO 5
@@ -78,41 +49,10 @@ const char probe_name[] = "virtio_blk";
 #define F_BLK_FLUSH 9
 #define F_BLK_DISCARD 13
 #define F_BLK_WRITE_ZEROES 14
-#define F_INDIRECT 28
-#define F_EVENT_IDX 29
-#define F_VERSION_1 32
-
-#define T_IN 0
-#define T_OUT 1
-#define T_FLUSH 4
-#define T_GET_ID 8
-#define T_DISCARD 11
-
-#define ST_OK 0
-#define ST_IOERR 1
-#define ST_UNSUPP 2
-#define ST_UNTOUCHED 0xEE
-
-#define D_NEXT 1
-#define D_WRITE 2
-#define D_INDIRECT 4
 
 #define QSZ 16
 #define VEC_CONFIG 0x50
 #define VEC_QUEUE 0x51
-
-struct vdesc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-} PACKED;
-
-struct blk_req {
-	uint32_t type;
-	uint32_t reserved;
-	uint64_t sector;
-} PACKED;
 
 /* Guest RAM the device sees: ring (descriptors, available ring; used ring on the next page),
  * request header, status bytes, data buffers, an indirect table. */
@@ -128,12 +68,10 @@ static struct vdesc g_itable[4] __attribute__((aligned(16)));
 #define USED ((volatile uint8_t *)(g_ring + 4096))       /* flags, idx, {id, len}[QSZ], avail_event */
 
 static struct {
-	uint8_t dev;
+	struct virtio_pci vp;
 	uintptr_t bar;
 	uint64_t bar_size;
 	uint64_t bars[6], bar_sizes[6]; /* every BAR (0 if absent); a 64-bit one in its low slot */
-	uintptr_t common, notify, isr, device;
-	uint32_t notify_mult, common_len, device_len, notify_len;
 	uint8_t msix_cap;
 	uintptr_t msix_table, msix_pba;
 	uint32_t msix_vectors;
@@ -141,21 +79,7 @@ static struct {
 	uint16_t avail_idx, used_idx, notify_off;
 	bool readonly;
 } v;
-
-static void check(const char *name, bool ok, const char *fmt, ...) PRINTF_LIKE(3, 4);
-static void check(const char *name, bool ok, const char *fmt, ...)
-{
-	if (ok) {
-		probe_ok(name);
-		return;
-	}
-	char why[160];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
-	va_end(ap);
-	probe_fail(name, "%s", why);
-}
+static struct virtio_pci *const vp = &v.vp;
 
 static uint32_t pattern(uint64_t off) { return (uint32_t)(off / 4) * 0x9E3779B1u + 0x766C626Bu; }
 static void fill_pattern(uint8_t *buf, uint64_t disk_off, uint32_t len)
@@ -174,34 +98,12 @@ static int32_t check_pattern(const uint8_t *buf, uint64_t disk_off, uint32_t len
 	return -1;
 }
 
-/* ---------------------------------------------------------------- register access */
-static uint8_t c_read8(uint32_t off) { return mmio_read8(v.common + off); }
-static uint16_t c_read16(uint32_t off) { return mmio_read16(v.common + off); }
-static uint32_t c_read32(uint32_t off) { return mmio_read32(v.common + off); }
-static void c_write8(uint32_t off, uint8_t x) { mmio_write8(v.common + off, x); }
-static void c_write16(uint32_t off, uint16_t x) { mmio_write16(v.common + off, x); }
-static void c_write32(uint32_t off, uint32_t x) { mmio_write32(v.common + off, x); }
-static void c_write64(uint32_t off, uint64_t x)
-{
-	c_write32(off, (uint32_t)x);
-	c_write32(off + 4, (uint32_t)(x >> 32));
-}
-static bool has(uint64_t features, uint32_t bit) { return (features >> bit) & 1; }
-
 static bool lapic_irr(uint32_t vec) { return lapic_read(0x200 + 0x10 * (vec / 32)) & (1u << (vec % 32)); }
 
 /* ---------------------------------------------------------------- discovery */
 static bool find_device(void)
 {
-	uint32_t found = 0;
-	for (uint8_t dev = 1; dev < 32; dev++) {
-		uint32_t id = cfg_read32(dev, 0);
-		if (id != 0x10421AF4u)
-			continue;
-		if (!found)
-			v.dev = dev;
-		found++;
-	}
+	uint32_t found = pci_find_functions(0x10421AF4u, &vp->dev);
 	probe_info("vblk_functions", "%u", found);
 	probe_expect_u32("vblk_device_count", "expect_disks", found);
 	if (!found) {
@@ -209,10 +111,10 @@ static bool find_device(void)
 		return false;
 	}
 	probe_ok("vblk_found");
-	probe_info("vblk_slot", "%02x", v.dev);
-	uint32_t class_rev = cfg_read32(v.dev, 8), subsys = cfg_read32(v.dev, 0x2C);
-	check("vblk_ids", class_rev == 0x01000001u && (subsys & 0xFFFF) == 0x1AF4,
-	      "class/revision 0x%x (want 01/00/00 rev 1), subsystem 0x%x", class_rev, subsys);
+	probe_info("vblk_slot", "%02x", vp->dev);
+	uint32_t class_rev = cfg_read32(vp->dev, 8), subsys = cfg_read32(vp->dev, 0x2C);
+	probe_check("vblk_ids", class_rev == 0x01000001u && (subsys & 0xFFFF) == 0x1AF4,
+		    "class/revision 0x%x (want 01/00/00 rev 1), subsystem 0x%x", class_rev, subsys);
 	return true;
 }
 
@@ -221,11 +123,11 @@ static bool find_device(void)
 static uint64_t size_bar(uint8_t i, bool *is64)
 {
 	uint16_t reg = (uint16_t)(0x10 + 4 * i);
-	uint32_t lo = cfg_read32(v.dev, reg);
+	uint32_t lo = cfg_read32(vp->dev, reg);
 	*is64 = false;
 	if (lo & 1)
 		return 0; /* I/O space */
-	outl(CFG_ADDR, cf8(v.dev, reg));
+	outl(CFG_ADDR, cf8(vp->dev, reg));
 	outl(CFG_DATA, 0xFFFFFFFFu);
 	uint32_t mask = inl(CFG_DATA);
 	outl(CFG_DATA, lo);
@@ -240,23 +142,24 @@ static bool map_device(void)
 	for (uint8_t i = 0; i < 6; i++) {
 		bool is64;
 		uint64_t size = size_bar(i, &is64);
-		uint32_t lo = cfg_read32(v.dev, (uint16_t)(0x10 + 4 * i));
-		uint32_t hi = is64 && i < 5 ? cfg_read32(v.dev, (uint16_t)(0x14 + 4 * i)) : 0;
+		uint32_t lo = cfg_read32(vp->dev, (uint16_t)(0x10 + 4 * i));
+		uint32_t hi = is64 && i < 5 ? cfg_read32(vp->dev, (uint16_t)(0x14 + 4 * i)) : 0;
 		v.bars[i] = size ? ((uint64_t)hi << 32) | (lo & ~0xFu) : 0;
 		v.bar_sizes[i] = size;
 		if (is64)
 			i++;
 	}
-	uint32_t lo = cfg_read32(v.dev, 0x10), hi = cfg_read32(v.dev, 0x14);
+	uint32_t lo = cfg_read32(vp->dev, 0x10), hi = cfg_read32(vp->dev, 0x14);
 	uint64_t addr = v.bars[0];
 	v.bar_size = v.bar_sizes[0];
 	bool ok = ((lo >> 1) & 3) == 2 && addr && addr + v.bar_size <= 0x100000000ull;
 	if (!cmdline_is("bench", "1"))
-		check("vblk_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo, v.bar_size);
+		probe_check("vblk_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo,
+			    v.bar_size);
 	else if (!ok)
 		probe_info("vblk_bar0", "0x%x:%x size 0x%llx (not flint's layout)", hi, lo, v.bar_size);
 	v.bar = (uintptr_t)addr;
-	cfg_write16(v.dev, 0x04, cfg_read16(v.dev, 0x04) | 0x6); /* memory space + bus master */
+	cfg_write16(vp->dev, 0x04, cfg_read16(vp->dev, 0x04) | 0x6); /* memory space + bus master */
 	return ok || cmdline_is("bench", "1");
 }
 
@@ -271,62 +174,43 @@ static uintptr_t bar_addr(uint8_t bar, uint64_t off, uint64_t len)
 
 static bool walk_caps(void)
 {
-	uint8_t ptr = (cfg_read16(v.dev, 0x06) & 0x10) ? cfg_read8(v.dev, 0x34) : 0;
-	uint32_t n = 0, seen = 0;
+	uint32_t n = 0;
 	bool inside = true;
 	char ids[96] = "";
 	size_t len = 0;
-	while (ptr && n++ < 32) {
-		uint8_t id = cfg_read8(v.dev, ptr);
-		if (id == 0x11)
+	for (uint8_t ptr = pci_cap_first(vp->dev); ptr && n++ < 32; ptr = pci_cap_next(vp->dev, ptr)) {
+		if (cfg_read8(vp->dev, ptr) == 0x11)
 			v.msix_cap = ptr;
-		if (id == 0x09) {
-			uint8_t type = cfg_read8(v.dev, ptr + 3), bar = cfg_read8(v.dev, ptr + 4);
-			uint32_t off = cfg_read32(v.dev, ptr + 8), clen = cfg_read32(v.dev, ptr + 12);
-			if (len + 16 < sizeof(ids))
-				len += (size_t)snprintf(ids + len, sizeof(ids) - len, "%s%u@%x+%x", len ? "," : "", type, off, clen);
-			if (type >= CAP_COMMON && type <= CAP_DEVICE && !(seen & (1u << type))) {
-				uintptr_t a = bar_addr(bar, off, clen);
-				/* flint puts everything in BAR 0; other VMMs (bench=1) may not. */
-				if (!a || (bar != 0 && !cmdline_is("bench", "1")))
-					inside = false;
-				seen |= 1u << type;
-				if (type == CAP_COMMON) {
-					v.common = a;
-					v.common_len = clen;
-				} else if (type == CAP_NOTIFY) {
-					v.notify = a;
-					v.notify_len = clen;
-					v.notify_mult = cfg_read32(v.dev, ptr + 16);
-				} else if (type == CAP_ISR) {
-					v.isr = a;
-				} else {
-					v.device = a;
-					v.device_len = clen;
-				}
-			}
-		}
-		ptr = cfg_read8(v.dev, ptr + 1);
+		struct virtio_cap cap;
+		if (!virtio_cap_read(vp->dev, ptr, &cap))
+			continue;
+		if (len + 16 < sizeof(ids))
+			len += (size_t)snprintf(ids + len, sizeof(ids) - len, "%s%u@%x+%x", len ? "," : "", cap.type,
+						cap.offset, cap.length);
+		uintptr_t a = bar_addr(cap.bar, cap.offset, cap.length);
+		/* flint puts everything in BAR 0; other VMMs (bench=1) may not. */
+		if (virtio_cap_record(vp, &cap, a) && (!a || (cap.bar != 0 && !cmdline_is("bench", "1"))))
+			inside = false;
 	}
 	probe_info("vblk_caps", "%s", ids);
-	bool all = (seen & 0x1E) == 0x1E;
-	check("vblk_caps", all && inside && v.common_len >= 0x38 && v.notify_mult == 4,
-	      "types seen 0x%x, inside BAR0 %u, common length 0x%x, notify multiplier %u", seen, inside,
-	      v.common_len, v.notify_mult);
+	bool all = virtio_caps_complete(vp);
+	probe_check("vblk_caps", all && inside && vp->common_len >= 0x38 && vp->notify_mult == 4,
+		    "types seen 0x%x, inside BAR0 %u, common length 0x%x, notify multiplier %u", vp->caps_seen, inside,
+		    vp->common_len, vp->notify_mult);
 	if (!all || !inside)
 		return false;
 	if (!v.msix_cap) {
 		probe_fail("vblk_msix_cap", "no MSI-X capability");
 		return true;
 	}
-	uint16_t control = cfg_read16(v.dev, v.msix_cap + 2);
-	uint32_t table = cfg_read32(v.dev, v.msix_cap + 4), pba = cfg_read32(v.dev, v.msix_cap + 8);
+	uint16_t control = cfg_read16(vp->dev, v.msix_cap + 2);
+	uint32_t table = cfg_read32(vp->dev, v.msix_cap + 4), pba = cfg_read32(vp->dev, v.msix_cap + 8);
 	v.msix_vectors = (control & 0x7FF) + 1u;
 	uintptr_t table_at = bar_addr(table & 7, table & ~7u, 16u * v.msix_vectors);
 	uintptr_t pba_at = bar_addr(pba & 7, pba & ~7u, 8);
 	bool fits = table_at && pba_at;
-	check("vblk_msix_cap", fits && v.msix_vectors >= 2, "%u vectors, table 0x%x, PBA 0x%x", v.msix_vectors,
-	      table, pba);
+	probe_check("vblk_msix_cap", fits && v.msix_vectors >= 2, "%u vectors, table 0x%x, PBA 0x%x", v.msix_vectors,
+		    table, pba);
 	if (!fits)
 		return true;
 	v.msix_table = table_at;
@@ -338,54 +222,22 @@ static bool walk_caps(void)
 		mmio_write32(v.msix_table + 16 * e + 8, e ? VEC_QUEUE : VEC_CONFIG);
 		mmio_write32(v.msix_table + 16 * e + 12, 1);
 	}
-	cfg_write16(v.dev, v.msix_cap + 2, (uint16_t)((control | 0x8000) & ~0x4000));
+	cfg_write16(vp->dev, v.msix_cap + 2, (uint16_t)((control | 0x8000) & ~0x4000));
 	return true;
 }
 
 /* ---------------------------------------------------------------- initialisation */
-static uint64_t device_features(void)
-{
-	c_write32(C_DFSELECT, 0);
-	uint64_t lo = c_read32(C_DF);
-	c_write32(C_DFSELECT, 1);
-	return lo | (uint64_t)c_read32(C_DF) << 32;
-}
-
-static void driver_features(uint64_t f)
-{
-	c_write32(C_GFSELECT, 0);
-	c_write32(C_GF, (uint32_t)f);
-	c_write32(C_GFSELECT, 1);
-	c_write32(C_GF, (uint32_t)(f >> 32));
-}
-
-/* Reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK; returns the status read back. */
-static uint8_t negotiate(uint64_t features)
-{
-	c_write8(C_STATUS, 0);
-	c_write8(C_STATUS, S_ACK);
-	c_write8(C_STATUS, S_ACK | S_DRIVER);
-	driver_features(features);
-	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
-	return c_read8(C_STATUS);
-}
+static uint8_t negotiate(uint64_t features) { return vp_negotiate(vp, features); }
 
 /* Queue 0: fresh ring, size QSZ, vector 1; DRIVER_OK. Returns the status read back. */
 static uint8_t setup_queue(void)
 {
 	memset(g_ring, 0, sizeof(g_ring));
 	v.avail_idx = v.used_idx = 0;
-	c_write16(C_MSIX, 0);
-	c_write16(C_Q_SELECT, 0);
-	c_write16(C_Q_SIZE, QSZ);
-	v.notify_off = c_read16(C_Q_NOFF);
-	c_write64(C_Q_DESC, (uintptr_t)DESC);
-	c_write64(C_Q_DRIVER, (uintptr_t)AVAIL);
-	c_write64(C_Q_DEVICE, (uintptr_t)USED);
-	c_write16(C_Q_MSIX, 1);
-	c_write16(C_Q_ENABLE, 1);
-	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
-	return c_read8(C_STATUS);
+	vp_write16(vp, C_MSIX, 0);
+	v.notify_off = vp_queue_setup(vp, 0, QSZ, (uintptr_t)DESC, (uintptr_t)AVAIL, (uintptr_t)USED, 1);
+	vp_write8(vp, C_STATUS, S_READY);
+	return vp_read8(vp, C_STATUS);
 }
 
 /* ---------------------------------------------------------------- requests */
@@ -399,7 +251,7 @@ static bool kick_and_wait(uint16_t head)
 	mb();
 	AVAIL[1] = ++v.avail_idx;
 	mb();
-	mmio_write16(v.notify + v.notify_off * v.notify_mult, 0);
+	vp_notify(vp, v.notify_off);
 	uint64_t dl = deadline_ms(2000);
 	while (*(volatile uint16_t *)(USED + 2) == v.used_idx)
 		if (deadline_passed(dl))
@@ -412,10 +264,7 @@ static bool kick_and_wait(uint16_t head)
 
 static void set_desc(uint16_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
 {
-	DESC[i].addr = addr;
-	DESC[i].len = len;
-	DESC[i].flags = flags;
-	DESC[i].next = next;
+	vdesc_set(DESC, i, addr, len, flags, next);
 }
 
 /* A three-descriptor request (header, data, status); returns the status byte, ST_UNTOUCHED if the
@@ -449,8 +298,8 @@ static void read_verify(const char *name, uint64_t sector, uint32_t len)
 	memset(g_buf2, 0, len);
 	uint8_t st = request(T_IN, sector, g_buf2, len, true);
 	int32_t bad = st == ST_OK ? check_pattern(g_buf2, sector * 512, len) : -1;
-	check(name, st == ST_OK && bad < 0 && g_used_len == len + 1,
-	      "status %u, used length %u, first mismatch at byte %d of sector %llu", st, g_used_len, bad, sector);
+	probe_check(name, st == ST_OK && bad < 0 && g_used_len == len + 1,
+		    "status %u, used length %u, first mismatch at byte %d of sector %llu", st, g_used_len, bad, sector);
 }
 
 /* ---------------------------------------------------------------- the checks */
@@ -463,7 +312,8 @@ static void check_msix_first_completion(void)
 	bool pending;
 	while (!(pending = mmio_read32(v.msix_pba) & 2) && !deadline_passed(dl))
 		;
-	check("vblk_msix_pending", pending, "PBA 0x%x after a completion on a masked vector", mmio_read32(v.msix_pba));
+	probe_check("vblk_msix_pending", pending, "PBA 0x%x after a completion on a masked vector",
+		    mmio_read32(v.msix_pba));
 	/* Unmask: delivered to the LAPIC (software-enabled, IF=0 so it stays in the IRR). */
 	lapic_write(0x350, 1u << 16);    /* LINT0 masked */
 	lapic_write(0xF0, 0x100 | 0xFF); /* SVR: enabled, spurious vector 0xFF */
@@ -472,8 +322,9 @@ static void check_msix_first_completion(void)
 	bool irr;
 	while (!(irr = lapic_irr(VEC_QUEUE)) && !deadline_passed(dl))
 		;
-	check("vblk_msix_irq", irr && !(mmio_read32(v.msix_pba) & 2), "vector 0x%x in IRR %u, PBA 0x%x", VEC_QUEUE,
-	      irr, mmio_read32(v.msix_pba));
+	probe_check("vblk_msix_irq", irr && !(mmio_read32(v.msix_pba) & 2), "vector 0x%x in IRR %u, PBA 0x%x",
+		    VEC_QUEUE,
+		    irr, mmio_read32(v.msix_pba));
 }
 
 static void check_data(void)
@@ -488,22 +339,22 @@ static void check_data(void)
 			fill_pattern(g_buf, last * 512, 4096);
 			st = request(T_OUT, last, g_buf, 4096, false);
 		}
-		check("vblk_write", first && st == ST_OK, "status %u (first write ok %u)", st, first);
+		probe_check("vblk_write", first && st == ST_OK, "status %u (first write ok %u)", st, first);
 	} else {
 		/* A write on a read-only disk fails and changes nothing (read_verify below). */
 		memset(g_buf, 0x5A, 4096);
 		uint8_t st = request(T_OUT, 0, g_buf, 4096, false);
-		check("vblk_readonly_write", st == ST_IOERR, "status %u, want IOERR", st);
+		probe_check("vblk_readonly_write", st == ST_IOERR, "status %u, want IOERR", st);
 		check_msix_first_completion();
 	}
 	uint8_t st = request(T_FLUSH, 0, NULL, 0, false);
-	check("vblk_flush", st == ST_OK, "status %u", st);
+	probe_check("vblk_flush", st == ST_OK, "status %u", st);
 	read_verify("vblk_read_verify", 0, 4096);
 	if (last)
 		read_verify("vblk_read_verify_last", last, 4096);
 
 	/* The same read through an indirect table. */
-	if (has(v.features, F_INDIRECT)) {
+	if (has_feature(v.features, F_INDIRECT)) {
 		g_hdr.type = T_IN;
 		g_hdr.sector = 2;
 		g_status[0] = ST_UNTOUCHED;
@@ -514,8 +365,9 @@ static void check_data(void)
 		set_desc(3, (uintptr_t)g_itable, 3 * sizeof(struct vdesc), D_INDIRECT, 0);
 		bool done = kick_and_wait(3);
 		int32_t bad = check_pattern(g_buf2, 1024, 1024);
-		check("vblk_indirect_read", done && g_status[0] == ST_OK && bad < 0, "done %u status %u mismatch at %d",
-		      done, g_status[0], bad);
+		probe_check("vblk_indirect_read", done && g_status[0] == ST_OK && bad < 0,
+			    "done %u status %u mismatch at %d",
+			    done, g_status[0], bad);
 	}
 
 	/* GET_ID */
@@ -527,19 +379,20 @@ static void check_data(void)
 	probe_info("vblk_id", "%s", id);
 	char want[32];
 	if (cmdline_get("expect_id", want, sizeof(want)))
-		check("vblk_get_id", st == ST_OK && strcmp(id, want) == 0, "status %u id '%s', want '%s'", st, id, want);
+		probe_check("vblk_get_id", st == ST_OK && strcmp(id, want) == 0, "status %u id '%s', want '%s'", st, id,
+			    want);
 	else
-		check("vblk_get_id", st == ST_OK && id[0], "status %u, id '%s'", st, id);
+		probe_check("vblk_get_id", st == ST_OK && id[0], "status %u, id '%s'", st, id);
 
 	/* Past the capacity: entirely, and straddling the end. */
 	uint8_t past = request(T_IN, v.sectors, g_buf2, 512, true);
 	uint8_t straddle = request(T_IN, v.sectors - 1, g_buf2, 1024, true);
 	uint8_t huge = request(T_IN, 0xFFFFFFFFFFFFFFFFull, g_buf2, 512, true);
-	check("vblk_beyond_capacity", past == ST_IOERR && straddle == ST_IOERR && huge == ST_IOERR,
-	      "status %u / %u / %u, want IOERR", past, straddle, huge);
+	probe_check("vblk_beyond_capacity", past == ST_IOERR && straddle == ST_IOERR && huge == ST_IOERR,
+		    "status %u / %u / %u, want IOERR", past, straddle, huge);
 
 	/* DISCARD sectors 16-23 after writing them; they read back as zeroes. */
-	if (has(v.features, F_BLK_DISCARD) && !v.readonly) {
+	if (has_feature(v.features, F_BLK_DISCARD) && !v.readonly) {
 		fill_pattern(g_buf, 16 * 512, 4096);
 		uint8_t w = request(T_OUT, 16, g_buf, 4096, false);
 		struct {
@@ -553,8 +406,8 @@ static void check_data(void)
 		uint32_t nonzero = 0;
 		for (uint32_t i = 0; i < 4096 / 4; i++)
 			nonzero |= ((uint32_t *)g_buf2)[i];
-		check("vblk_discard", w == ST_OK && d == ST_OK && r == ST_OK && !nonzero,
-		      "write %u discard %u read %u, data %s", w, d, r, nonzero ? "not zero" : "zero");
+		probe_check("vblk_discard", w == ST_OK && d == ST_OK && r == ST_OK && !nonzero,
+			    "write %u discard %u read %u, data %s", w, d, r, nonzero ? "not zero" : "zero");
 	}
 }
 
@@ -567,8 +420,9 @@ static void check_errors(void)
 		bool handled = st == ST_IOERR || (st == ST_UNTOUCHED && g_used_len == 0);
 		char name[40];
 		snprintf(name, sizeof(name), "vblk_bad_descriptor%u", i);
-		check(name, handled, "buffer at 0x%llx: status %u used length %u, want IOERR or dropped", bad_addrs[i],
-		      st, g_used_len);
+		probe_check(name, handled, "buffer at 0x%llx: status %u used length %u, want IOERR or dropped",
+			    bad_addrs[i],
+			    st, g_used_len);
 		snprintf(name, sizeof(name), "vblk_after_bad_descriptor%u", i);
 		read_verify(name, 0, 512);
 	}
@@ -579,24 +433,25 @@ static void check_errors(void)
 	set_desc(0, (uintptr_t)&g_hdr, 16, D_NEXT, 1);
 	set_desc(1, (uintptr_t)g_buf2, 512, D_NEXT | D_WRITE, 0);
 	bool done = kick_and_wait(0);
-	check("vblk_descriptor_loop", done && (g_status[0] == ST_IOERR || g_used_len == 0),
-	      "done %u status %u used length %u", done, g_status[0], g_used_len);
+	probe_check("vblk_descriptor_loop", done && (g_status[0] == ST_IOERR || g_used_len == 0),
+		    "done %u status %u used length %u", done, g_status[0], g_used_len);
 	read_verify("vblk_after_descriptor_loop", 1, 512);
 }
 
 static void check_reset(void)
 {
-	c_write8(C_STATUS, 0);
-	uint8_t status = c_read8(C_STATUS);
-	c_write16(C_Q_SELECT, 0);
-	uint16_t enabled = c_read16(C_Q_ENABLE), vec = c_read16(C_Q_MSIX);
-	c_write32(C_GFSELECT, 1);
-	uint32_t gf = c_read32(C_GF);
-	check("vblk_reset", status == 0 && enabled == 0 && vec == 0xFFFF && gf == 0,
-	      "status %u, queue enable %u, vector 0x%x, driver features hi 0x%x after reset", status, enabled, vec, gf);
+	vp_write8(vp, C_STATUS, 0);
+	uint8_t status = vp_read8(vp, C_STATUS);
+	vp_write16(vp, C_Q_SELECT, 0);
+	uint16_t enabled = vp_read16(vp, C_Q_ENABLE), vec = vp_read16(vp, C_Q_MSIX);
+	vp_write32(vp, C_GFSELECT, 1);
+	uint32_t gf = vp_read32(vp, C_GF);
+	probe_check("vblk_reset", status == 0 && enabled == 0 && vec == 0xFFFF && gf == 0,
+		    "status %u, queue enable %u, vector 0x%x, driver features hi 0x%x after reset", status, enabled,
+		    vec, gf);
 	uint8_t s1 = negotiate(v.features);
 	uint8_t s2 = setup_queue();
-	check("vblk_reinit", s1 == 0xB && s2 == 0xF, "status 0x%x then 0x%x", s1, s2);
+	probe_check("vblk_reinit", s1 == 0xB && s2 == 0xF, "status 0x%x then 0x%x", s1, s2);
 	read_verify("vblk_read_after_reset", 0, 4096);
 }
 
@@ -683,8 +538,9 @@ static void durability(void)
 	if (!probe_check("vblk_dur_memory", memmap_is_ram(DUR_BASE, DUR_END - DUR_BASE), "0x%x+0x%x is not RAM",
 			 DUR_BASE, DUR_END - DUR_BASE))
 		return;
-	check("vblk_flush_feature", has(v.features, F_BLK_FLUSH), "VIRTIO_BLK_F_FLUSH not negotiated (0x%llx)",
-	      v.features);
+	probe_check("vblk_flush_feature", has_feature(v.features, F_BLK_FLUSH),
+		    "VIRTIO_BLK_F_FLUSH not negotiated (0x%llx)",
+		    v.features);
 	for (uint32_t r = 0; r < 256; r++)
 		rec_init((uint32_t *)(uintptr_t)(DUR_BASE + r * REC_BYTES), r);
 	if (cmdline_is("mode", "flushloop")) {
@@ -695,7 +551,7 @@ static void durability(void)
 			if (!dur_generation(256, ++g, "vblk_flushloop"))
 				return;
 		probe_info("generations", "%u", g);
-		check("vblk_flushloop", g > 0, "no generation in %u s", seconds);
+		probe_check("vblk_flushloop", g > 0, "no generation in %u s", seconds);
 		return;
 	}
 
@@ -713,20 +569,20 @@ static void durability(void)
 		sector += DUR_FILL_XFER / 512;
 	}
 	probe_info("fulldisk_written", "%llu", written);
-	check("vblk_fulldisk_write_error", st == ST_IOERR,
-	      "the write at sector %llu: status %u, want IOERR before the end of the disk", sector, st);
+	probe_check("vblk_fulldisk_write_error", st == ST_IOERR,
+		    "the write at sector %llu: status %u, want IOERR before the end of the disk", sector, st);
 	if (st == ST_IOERR) {
 		uint32_t same = 0;
 		for (uint32_t i = 0; i < 20; i++)
 			same += request64(T_OUT, sector, DUR_BASE, DUR_FILL_XFER, false) == ST_IOERR;
-		check("vblk_fulldisk_retries", same == 20, "%u of 20 retries failed with IOERR", same);
+		probe_check("vblk_fulldisk_retries", same == 20, "%u of 20 retries failed with IOERR", same);
 	}
 	st = request(T_FLUSH, 0, NULL, 0, false);
-	check("vblk_fulldisk_flush_after", st == ST_OK, "FLUSH after the failed write: status %u", st);
-	check("vblk_fulldisk_read_flushed", dur_read_back(64, 1, why, sizeof(why)), "%s", why);
+	probe_check("vblk_fulldisk_flush_after", st == ST_OK, "FLUSH after the failed write: status %u", st);
+	probe_check("vblk_fulldisk_read_flushed", dur_read_back(64, 1, why, sizeof(why)), "%s", why);
 	bool ok = dur_generation(64, 2, "vblk_fulldisk_overwrite") && dur_read_back(64, 2, why, sizeof(why));
 	if (ok || why[0])
-		check("vblk_fulldisk_overwrite", ok, "generation 2: %s", why);
+		probe_check("vblk_fulldisk_overwrite", ok, "generation 2: %s", why);
 }
 
 /* ---------------------------------------------------------------- benchmark (bench=1) */
@@ -763,32 +619,16 @@ static void durability(void)
 #define B_HDR ((volatile struct blk_req *)(BENCH_BASE + 0x3000))
 #define B_STATUS ((volatile uint8_t *)(BENCH_BASE + 0x3800))
 
-static uint32_t g_rng = 0x12345678u;
-static uint32_t rnd(void)
-{
-	g_rng ^= g_rng << 13;
-	g_rng ^= g_rng >> 17;
-	g_rng ^= g_rng << 5;
-	return g_rng;
-}
-
 static uint16_t b_avail, b_used;
 
 static uint8_t bench_setup_queue(void)
 {
 	memset((void *)BENCH_BASE, 0, 0x4000);
 	b_avail = b_used = 0;
-	c_write16(C_MSIX, 0);
-	c_write16(C_Q_SELECT, 0);
-	c_write16(C_Q_SIZE, BENCH_QSZ);
-	v.notify_off = c_read16(C_Q_NOFF);
-	c_write64(C_Q_DESC, (uintptr_t)B_DESC);
-	c_write64(C_Q_DRIVER, (uintptr_t)B_AVAIL);
-	c_write64(C_Q_DEVICE, (uintptr_t)B_USED);
-	c_write16(C_Q_MSIX, 1);
-	c_write16(C_Q_ENABLE, 1);
-	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
-	return c_read8(C_STATUS);
+	vp_write16(vp, C_MSIX, 0);
+	v.notify_off = vp_queue_setup(vp, 0, BENCH_QSZ, (uintptr_t)B_DESC, (uintptr_t)B_AVAIL, (uintptr_t)B_USED, 1);
+	vp_write8(vp, C_STATUS, S_READY);
+	return vp_read8(vp, C_STATUS);
 }
 
 /* Keeps up to qd requests of xfer bytes outstanding until ops completed. Returns false on a stall
@@ -798,7 +638,7 @@ static bool bench_run(const char *name, uint32_t type, uint32_t xfer, uint32_t q
 {
 	uint64_t disk = v.sectors * 512;
 	uint32_t units = (uint32_t)(disk >> 12);
-	bool event_idx = has(v.features, F_EVENT_IDX);
+	bool event_idx = has_feature(v.features, F_EVENT_IDX);
 	uint16_t dflags = D_NEXT | (type == T_IN ? D_WRITE : 0);
 	for (uint32_t i = 0; i < qd; i++) {
 		B_HDR[i].type = type;
@@ -812,9 +652,9 @@ static bool bench_run(const char *name, uint32_t type, uint32_t xfer, uint32_t q
 	for (uint32_t i = 0; i < qd; i++)
 		free_slots[nfree++] = (uint16_t)(qd - 1 - i);
 	uint32_t submitted = 0, completed = 0, errs = 0, notifies = 0;
-	uint64_t seq = 0;
+	struct bench_offsets offsets = { random, units, xfer, 0, disk, 0 };
 	uint64_t t0 = rdtsc(), progress = t0, stall = (uint64_t)tsc_khz() * 5000;
-	uintptr_t notify = v.notify + v.notify_off * v.notify_mult;
+	uintptr_t notify = vp_notify_addr(vp, v.notify_off);
 	volatile uint16_t *used_idx = (volatile uint16_t *)(B_USED + 2);
 	volatile uint16_t *avail_event = (volatile uint16_t *)(B_USED + 4 + 8 * BENCH_QSZ);
 	bool stalled = false;
@@ -823,15 +663,7 @@ static bool bench_run(const char *name, uint32_t type, uint32_t xfer, uint32_t q
 		uint16_t old = b_avail;
 		while (nfree && submitted < ops) {
 			uint32_t slot = free_slots[--nfree];
-			uint64_t off;
-			if (random) {
-				off = (uint64_t)(rnd() % units) << 12;
-			} else {
-				off = seq;
-				seq += xfer;
-				if (seq + xfer > disk)
-					seq = 0;
-			}
+			uint64_t off = bench_next_offset(&offsets);
 			B_HDR[slot].sector = off >> 9;
 			B_STATUS[slot] = ST_UNTOUCHED;
 			B_AVAIL[2 + b_avail % BENCH_QSZ] = (uint16_t)(3 * slot);
@@ -911,15 +743,15 @@ static void bench_main(void)
 	cmdline_get_u32("bench_seq_ops", &seq_ops);
 	cmdline_get_u32("bench_ops", &ops);
 	uint32_t xfer = xfer_kib * 1024u;
-	v.offered = device_features();
+	v.offered = vp_device_features(vp);
 	uint64_t want = (1ull << F_VERSION_1) | (1ull << F_BLK_FLUSH) | (1ull << F_EVENT_IDX) | (1ull << F_BLK_SEG_MAX) |
 			(1ull << F_BLK_BLK_SIZE) | (1ull << F_BLK_RO);
 	v.features = v.offered & want;
-	v.readonly = has(v.features, F_BLK_RO);
+	v.readonly = has_feature(v.features, F_BLK_RO);
 	uint8_t s = negotiate(v.features);
 	if (!probe_check("bench_features_ok", s == (S_ACK | S_DRIVER | S_FEATURES_OK), "status 0x%x", s))
 		return;
-	v.sectors = mmio_read32(v.device) | (uint64_t)mmio_read32(v.device + 4) << 32;
+	v.sectors = vp_device_read64(vp, 0);
 	uint64_t disk = v.sectors * 512;
 	probe_info("bench_disk", "bytes=%llu features=0x%llx", disk, v.features);
 	if (!probe_check("bench_params",
@@ -932,9 +764,10 @@ static void bench_main(void)
 	uint32_t need = (uint32_t)(BENCH_BUF - BENCH_BASE) + bufs;
 	if (!probe_check("bench_memory", memmap_is_ram(BENCH_BASE, need), "0x%x+0x%x is not RAM", BENCH_BASE, need))
 		return;
-	c_write16(C_Q_SELECT, 0);
-	if (!probe_check("bench_queue_size", c_read16(C_Q_SIZE) >= BENCH_QSZ, "queue 0 holds %u, want %u", c_read16(C_Q_SIZE),
-		   BENCH_QSZ))
+	vp_write16(vp, C_Q_SELECT, 0);
+	if (!probe_check("bench_queue_size", vp_read16(vp, C_Q_SIZE) >= BENCH_QSZ, "queue 0 holds %u, want %u",
+			 vp_read16(vp, C_Q_SIZE),
+			 BENCH_QSZ))
 		return;
 	s = bench_setup_queue();
 	if (!probe_check("bench_driver_ok", s == 0xF, "status 0x%x", s))
@@ -948,8 +781,8 @@ static void bench_main(void)
 		ok = bench_run("randread_qd1", T_IN, 4096, 1, true, ops, &errors);
 	if (ok && bench_wanted("randread_qd32"))
 		ok = bench_run("randread_qd32", T_IN, 4096, BENCH_MAX_QD, true, ops, &errors);
-	check("bench_no_errors", errors == 0, "%u benchmark requests failed or never completed", errors);
-	c_write8(C_STATUS, 0);
+	probe_check("bench_no_errors", errors == 0, "%u benchmark requests failed or never completed", errors);
+	vp_write8(vp, C_STATUS, 0);
 }
 
 void probe_main(void)
@@ -963,57 +796,60 @@ void probe_main(void)
 	}
 
 	/* Features */
-	c_write8(C_STATUS, 0);
-	check("vblk_reset_initial", c_read8(C_STATUS) == 0, "status 0x%x after writing 0", c_read8(C_STATUS));
-	v.offered = device_features();
+	vp_write8(vp, C_STATUS, 0);
+	probe_check("vblk_reset_initial", vp_read8(vp, C_STATUS) == 0, "status 0x%x after writing 0",
+		    vp_read8(vp, C_STATUS));
+	v.offered = vp_device_features(vp);
 	probe_info("vblk_features", "0x%llx", v.offered);
-	check("vblk_version_1", has(v.offered, F_VERSION_1), "VERSION_1 not offered (0x%llx)", v.offered);
-	check("vblk_ro_feature", has(v.offered, F_BLK_RO) == v.readonly, "RO offered %u, expect_readonly %u",
-	      has(v.offered, F_BLK_RO), v.readonly);
+	probe_check("vblk_version_1", has_feature(v.offered, F_VERSION_1), "VERSION_1 not offered (0x%llx)", v.offered);
+	probe_check("vblk_ro_feature", has_feature(v.offered, F_BLK_RO) == v.readonly,
+		    "RO offered %u, expect_readonly %u",
+		    has_feature(v.offered, F_BLK_RO), v.readonly);
 	uint8_t s = negotiate(v.offered & (1ull << F_BLK_FLUSH));
-	check("vblk_features_ok_needs_version_1", !(s & S_FEATURES_OK), "status 0x%x without VERSION_1", s);
+	probe_check("vblk_features_ok_needs_version_1", !(s & S_FEATURES_OK), "status 0x%x without VERSION_1", s);
 	uint64_t want = (1ull << F_VERSION_1) | (1ull << F_BLK_FLUSH) | (1ull << F_EVENT_IDX) | (1ull << F_INDIRECT) |
 			(1ull << F_BLK_DISCARD) | (1ull << F_BLK_SEG_MAX) | (1ull << F_BLK_BLK_SIZE) |
 			(1ull << F_BLK_RO);
 	v.features = v.offered & want;
 	s = negotiate(v.features);
-	check("vblk_features_ok", s == (S_ACK | S_DRIVER | S_FEATURES_OK), "status 0x%x", s);
+	probe_check("vblk_features_ok", s == (S_ACK | S_DRIVER | S_FEATURES_OK), "status 0x%x", s);
 
 	/* Device configuration */
-	v.sectors = mmio_read32(v.device) | (uint64_t)mmio_read32(v.device + 4) << 32;
-	uint32_t seg_max = mmio_read32(v.device + 0x0C), blk_size = mmio_read32(v.device + 0x14);
+	v.sectors = vp_device_read64(vp, 0);
+	uint32_t seg_max = mmio_read32(vp->device + 0x0C), blk_size = mmio_read32(vp->device + 0x14);
 	probe_info("vblk_capacity", "%llu sectors, seg_max %u, blk_size %u", v.sectors, seg_max, blk_size);
 	uint32_t expect;
 	if (cmdline_get_u32("expect_sectors", &expect))
-		check("vblk_capacity", v.sectors == expect, "%llu sectors, want %u", v.sectors, expect);
-	check("vblk_config", blk_size == 512 && seg_max >= 1 && v.sectors >= 2, "blk_size %u seg_max %u", blk_size,
-	      seg_max);
+		probe_check("vblk_capacity", v.sectors == expect, "%llu sectors, want %u", v.sectors, expect);
+	probe_check("vblk_config", blk_size == 512 && seg_max >= 1 && v.sectors >= 2, "blk_size %u seg_max %u",
+		    blk_size,
+		    seg_max);
 
 	/* Queue configuration */
-	c_write16(C_Q_SELECT, 0);
-	uint16_t max = c_read16(C_Q_SIZE);
-	probe_info("vblk_queue", "max size %u, %u queue(s)", max, c_read16(C_NUMQ));
-	c_write16(C_Q_SIZE, 100);
-	uint16_t after_bad = c_read16(C_Q_SIZE);
-	c_write16(C_Q_SIZE, QSZ);
-	uint16_t after_good = c_read16(C_Q_SIZE);
-	check("vblk_queue_size_not_pow2_rejected", after_bad == max && after_good == QSZ,
-	      "max %u, after writing 100: %u, after writing %u: %u", max, after_bad, QSZ, after_good);
+	vp_write16(vp, C_Q_SELECT, 0);
+	uint16_t max = vp_read16(vp, C_Q_SIZE);
+	probe_info("vblk_queue", "max size %u, %u queue(s)", max, vp_read16(vp, C_NUMQ));
+	vp_write16(vp, C_Q_SIZE, 100);
+	uint16_t after_bad = vp_read16(vp, C_Q_SIZE);
+	vp_write16(vp, C_Q_SIZE, QSZ);
+	uint16_t after_good = vp_read16(vp, C_Q_SIZE);
+	probe_check("vblk_queue_size_not_pow2_rejected", after_bad == max && after_good == QSZ,
+		    "max %u, after writing 100: %u, after writing %u: %u", max, after_bad, QSZ, after_good);
 	s = setup_queue();
-	c_write16(C_Q_SELECT, 0);
-	uint16_t qvec = c_read16(C_Q_MSIX), cvec = c_read16(C_MSIX);
-	check("vblk_msix_vectors", qvec == 1 && cvec == 0, "queue vector %u, config vector %u", qvec, cvec);
-	check("vblk_driver_ok", s == 0xF, "status 0x%x", s);
+	vp_write16(vp, C_Q_SELECT, 0);
+	uint16_t qvec = vp_read16(vp, C_Q_MSIX), cvec = vp_read16(vp, C_MSIX);
+	probe_check("vblk_msix_vectors", qvec == 1 && cvec == 0, "queue vector %u, config vector %u", qvec, cvec);
+	probe_check("vblk_driver_ok", s == 0xF, "status 0x%x", s);
 	if (s != 0xF)
 		return;
 
 	if (cmdline_is("mode", "flushloop") || cmdline_is("mode", "fulldisk")) {
 		durability();
-		c_write8(C_STATUS, 0);
+		vp_write8(vp, C_STATUS, 0);
 		return;
 	}
 	check_data();
 	check_errors();
 	check_reset();
-	c_write8(C_STATUS, 0);
+	vp_write8(vp, C_STATUS, 0);
 }

@@ -49,37 +49,10 @@
  * no partial checksums either way), pairs=N, mrg=1, rx_buf=BYTES (64..2048), exit=... (see the boot
  * probe).
  */
-#include "probe.h"
-#include "pci_cfg.h"
+#include "bench.h"
+#include "virtio.h"
 
 const char probe_name[] = "virtio_net";
-
-
-
-#define CAP_COMMON 1
-#define CAP_NOTIFY 2
-#define CAP_ISR 3
-#define CAP_DEVICE 4
-
-#define C_DFSELECT 0x00
-#define C_DF 0x04
-#define C_GFSELECT 0x08
-#define C_GF 0x0C
-#define C_MSIX 0x10
-#define C_STATUS 0x14
-#define C_Q_SELECT 0x16
-#define C_Q_SIZE 0x18
-#define C_Q_MSIX 0x1A
-#define C_Q_ENABLE 0x1C
-#define C_Q_NOFF 0x1E
-#define C_Q_DESC 0x20
-#define C_Q_DRIVER 0x28
-#define C_Q_DEVICE 0x30
-
-#define S_ACK 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
 
 #define F_NET_CSUM 0
 #define F_NET_GUEST_CSUM 1
@@ -92,10 +65,6 @@ const char probe_name[] = "virtio_net";
 #define F_NET_STATUS 16
 #define F_NET_CTRL_VQ 17
 #define F_NET_MQ 22
-#define F_VERSION_1 32
-
-#define D_NEXT 1
-#define D_WRITE 2
 
 #define QSZ 16
 #define NRX 16
@@ -105,13 +74,6 @@ const char probe_name[] = "virtio_net";
 #define MAXFRAME 8192
 #define HDR 12
 #define ETHERTYPE 0x88B5
-
-struct vdesc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-} PACKED;
 
 struct ring {
 	uint8_t *mem; /* descriptors + available ring; used ring on the next page */
@@ -141,78 +103,42 @@ static bool g_mrg;
 #define USED(r) ((volatile uint8_t *)((r)->mem + 4096))
 
 static struct {
-	uint8_t dev;
+	struct virtio_pci vp;
 	uintptr_t bar;
 	uint64_t bar_size;
-	uintptr_t common, notify, isr, device;
-	uint32_t notify_mult, common_len;
 	uint64_t offered;
 	uint8_t mac[6];
 } v;
-
-static void check(const char *name, bool ok, const char *fmt, ...) PRINTF_LIKE(3, 4);
-static void check(const char *name, bool ok, const char *fmt, ...)
-{
-	if (ok) {
-		probe_ok(name);
-		return;
-	}
-	char why[160];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
-	va_end(ap);
-	probe_fail(name, "%s", why);
-}
-
-static uint8_t c_read8(uint32_t off) { return mmio_read8(v.common + off); }
-static uint16_t c_read16(uint32_t off) { return mmio_read16(v.common + off); }
-static uint32_t c_read32(uint32_t off) { return mmio_read32(v.common + off); }
-static void c_write8(uint32_t off, uint8_t x) { mmio_write8(v.common + off, x); }
-static void c_write16(uint32_t off, uint16_t x) { mmio_write16(v.common + off, x); }
-static void c_write32(uint32_t off, uint32_t x) { mmio_write32(v.common + off, x); }
-static void c_write64(uint32_t off, uint64_t x)
-{
-	c_write32(off, (uint32_t)x);
-	c_write32(off + 4, (uint32_t)(x >> 32));
-}
-static bool has(uint64_t features, uint32_t bit) { return (features >> bit) & 1; }
+static struct virtio_pci *const vp = &v.vp;
 
 static bool find_device(void)
 {
-	uint32_t found = 0;
-	for (uint8_t dev = 1; dev < 32; dev++) {
-		if (cfg_read32(dev, 0) != 0x10411AF4u)
-			continue;
-		if (!found)
-			v.dev = dev;
-		found++;
-	}
+	uint32_t found = pci_find_functions(0x10411AF4u, &vp->dev);
 	probe_info("vnet_functions", "%u", found);
 	if (!found) {
 		probe_fail("vnet_found", "no 1af4:1041 function on bus 0");
 		return false;
 	}
 	probe_ok("vnet_found");
-	probe_info("vnet_slot", "%02x", v.dev);
-	uint32_t class_rev = cfg_read32(v.dev, 8);
-	check("vnet_ids", class_rev == 0x02000001u, "class/revision 0x%x (want 02/00/00 rev 1)", class_rev);
+	probe_info("vnet_slot", "%02x", vp->dev);
+	uint32_t class_rev = cfg_read32(vp->dev, 8);
+	probe_check("vnet_ids", class_rev == 0x02000001u, "class/revision 0x%x (want 02/00/00 rev 1)", class_rev);
 	return true;
 }
 
 static bool map_device(void)
 {
-	uint32_t lo = cfg_read32(v.dev, 0x10), hi = cfg_read32(v.dev, 0x14);
+	uint32_t lo = cfg_read32(vp->dev, 0x10), hi = cfg_read32(vp->dev, 0x14);
 	uint64_t addr = ((uint64_t)hi << 32) | (lo & ~0xFu);
-	outl(CFG_ADDR, cf8(v.dev, 0x10));
+	outl(CFG_ADDR, cf8(vp->dev, 0x10));
 	outl(CFG_DATA, 0xFFFFFFFFu);
 	uint32_t mask = inl(CFG_DATA);
 	outl(CFG_DATA, lo);
 	v.bar_size = (uint64_t)(~(mask & ~0xFu) + 1u);
 	bool ok = ((lo >> 1) & 3) == 2 && addr && addr + v.bar_size <= 0x100000000ull;
-	check("vnet_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo, v.bar_size);
+	probe_check("vnet_bar0", ok, "BAR0 0x%x:%x size 0x%llx: want a 64-bit BAR below 4 GiB", hi, lo, v.bar_size);
 	v.bar = ok ? (uintptr_t)addr : 0;
-	cfg_write16(v.dev, 0x04, cfg_read16(v.dev, 0x04) | 0x6); /* memory space + bus master */
+	cfg_write16(vp->dev, 0x04, cfg_read16(vp->dev, 0x04) | 0x6); /* memory space + bus master */
 	/* QEMU's virtio-pci puts the structures in BAR4: the benchmark goes on without BAR0 (walk_caps
 	 * finds every BAR it needs); the checks do not. */
 	return ok || cmdline_find("bench", NULL, NULL);
@@ -223,69 +149,31 @@ static uintptr_t bar_address(uint8_t bar)
 {
 	if (bar > 5)
 		return 0;
-	uint32_t lo = cfg_read32(v.dev, (uint16_t)(0x10 + 4 * bar));
+	uint32_t lo = cfg_read32(vp->dev, (uint16_t)(0x10 + 4 * bar));
 	if (lo & 1)
 		return 0;
 	uint64_t addr = lo & ~0xFu;
 	if (((lo >> 1) & 3) == 2 && bar < 5)
-		addr |= (uint64_t)cfg_read32(v.dev, (uint16_t)(0x14 + 4 * bar)) << 32;
+		addr |= (uint64_t)cfg_read32(vp->dev, (uint16_t)(0x14 + 4 * bar)) << 32;
 	return addr < 0x100000000ull ? (uintptr_t)addr : 0;
 }
 
 static bool walk_caps(void)
 {
-	uint8_t ptr = (cfg_read16(v.dev, 0x06) & 0x10) ? cfg_read8(v.dev, 0x34) : 0;
-	uint32_t n = 0, seen = 0;
+	uint32_t n = 0;
 	bool inside = true;
-	while (ptr && n++ < 32) {
-		if (cfg_read8(v.dev, ptr) == 0x09) {
-			uint8_t type = cfg_read8(v.dev, ptr + 3), bar = cfg_read8(v.dev, ptr + 4);
-			uint32_t off = cfg_read32(v.dev, ptr + 8), clen = cfg_read32(v.dev, ptr + 12);
-			if (type >= CAP_COMMON && type <= CAP_DEVICE && !(seen & (1u << type))) {
-				if (bar != 0 || (uint64_t)off + clen > v.bar_size)
-					inside = false;
-				seen |= 1u << type;
-				uintptr_t a = (bar == 0 ? v.bar : bar_address(bar)) + off;
-				if (type == CAP_COMMON) {
-					v.common = a;
-					v.common_len = clen;
-				} else if (type == CAP_NOTIFY) {
-					v.notify = a;
-					v.notify_mult = cfg_read32(v.dev, ptr + 16);
-				} else if (type == CAP_ISR) {
-					v.isr = a;
-				} else {
-					v.device = a;
-				}
-			}
-		}
-		ptr = cfg_read8(v.dev, ptr + 1);
+	for (uint8_t ptr = pci_cap_first(vp->dev); ptr && n++ < 32; ptr = pci_cap_next(vp->dev, ptr)) {
+		struct virtio_cap cap;
+		if (!virtio_cap_read(vp->dev, ptr, &cap))
+			continue;
+		uintptr_t a = (cap.bar == 0 ? v.bar : bar_address(cap.bar)) + cap.offset;
+		if (virtio_cap_record(vp, &cap, a) && (cap.bar != 0 || (uint64_t)cap.offset + cap.length > v.bar_size))
+			inside = false;
 	}
-	bool all = (seen & 0x1E) == 0x1E;
-	check("vnet_caps", all && inside && v.common_len >= 0x38, "types seen 0x%x, inside BAR0 %u, common length 0x%x",
-	      seen, inside, v.common_len);
+	bool all = virtio_caps_complete(vp);
+	probe_check("vnet_caps", all && inside && vp->common_len >= 0x38,
+		    "types seen 0x%x, inside BAR0 %u, common length 0x%x", vp->caps_seen, inside, vp->common_len);
 	return all && (inside || cmdline_find("bench", NULL, NULL));
-}
-
-static uint64_t device_features(void)
-{
-	c_write32(C_DFSELECT, 0);
-	uint64_t lo = c_read32(C_DF);
-	c_write32(C_DFSELECT, 1);
-	return lo | (uint64_t)c_read32(C_DF) << 32;
-}
-
-static uint8_t negotiate(uint64_t f)
-{
-	c_write8(C_STATUS, 0);
-	c_write8(C_STATUS, S_ACK);
-	c_write8(C_STATUS, S_ACK | S_DRIVER);
-	c_write32(C_GFSELECT, 0);
-	c_write32(C_GF, (uint32_t)f);
-	c_write32(C_GFSELECT, 1);
-	c_write32(C_GF, (uint32_t)(f >> 32));
-	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
-	return c_read8(C_STATUS);
 }
 
 static void setup_queue(uint16_t index, struct ring *r)
@@ -293,24 +181,29 @@ static void setup_queue(uint16_t index, struct ring *r)
 	r->mem = g_ring_mem[index];
 	memset(r->mem, 0, 2 * 4096);
 	r->avail_idx = r->used_idx = 0;
-	c_write16(C_Q_SELECT, index);
-	c_write16(C_Q_SIZE, QSZ);
-	r->notify_off = c_read16(C_Q_NOFF);
-	c_write64(C_Q_DESC, (uintptr_t)DESC(r));
-	c_write64(C_Q_DRIVER, (uintptr_t)AVAIL(r));
-	c_write64(C_Q_DEVICE, (uintptr_t)USED(r));
-	c_write16(C_Q_MSIX, (uint16_t)(index + 1));
-	c_write16(C_Q_ENABLE, 1);
+	r->notify_off = vp_queue_setup(vp, index, QSZ, (uintptr_t)DESC(r), (uintptr_t)AVAIL(r), (uintptr_t)USED(r),
+				       (uint16_t)(index + 1));
 }
 
-static void publish(struct ring *r, uint16_t head)
+/* Puts `head` in the available ring without publishing it (the benchmarks publish batches). */
+static void avail_add(struct ring *r, uint16_t head)
 {
 	AVAIL(r)[2 + r->avail_idx % QSZ] = head;
+	r->avail_idx++;
+}
+/* Makes what avail_add put in the ring visible to the device. */
+static void avail_publish(struct ring *r)
+{
 	mb();
-	AVAIL(r)[1] = ++r->avail_idx;
+	AVAIL(r)[1] = r->avail_idx;
 	mb();
 }
-static void kick(struct ring *r) { mmio_write16(v.notify + r->notify_off * v.notify_mult, 0); }
+static void publish(struct ring *r, uint16_t head)
+{
+	avail_add(r, head);
+	avail_publish(r);
+}
+static void kick(struct ring *r) { vp_notify(vp, r->notify_off); }
 
 /* The next used element of `r`, if any: returns true and sets id and len. */
 static bool pop_used(struct ring *r, uint32_t *id, uint32_t *len)
@@ -328,10 +221,7 @@ static bool pop_used(struct ring *r, uint32_t *id, uint32_t *len)
 static void post_rx(uint32_t pair, uint16_t i)
 {
 	struct ring *r = &g_q[2 * pair];
-	DESC(r)[i].addr = (uintptr_t)g_rxbuf[pair][i];
-	DESC(r)[i].len = g_rxbuf_len;
-	DESC(r)[i].flags = D_WRITE;
-	DESC(r)[i].next = 0;
+	vdesc_set(DESC(r), i, (uintptr_t)g_rxbuf[pair][i], g_rxbuf_len, D_WRITE, 0);
 	publish(r, i);
 }
 
@@ -348,27 +238,28 @@ static void build_frame(uint8_t seq, uint32_t size)
 		g_txframe[i] = (uint8_t)(seq * 31 + i);
 }
 
+/* Publishes the chain at descriptor 0, notifies, and waits (5 s) for the next used element; false on
+ * a timeout. */
+static bool run_chain0(struct ring *r, uint32_t *id, uint32_t *used_len)
+{
+	publish(r, 0);
+	kick(r);
+	uint64_t dl = deadline_ms(5000);
+	while (!pop_used(r, id, used_len))
+		if (deadline_passed(dl))
+			return false;
+	return true;
+}
+
 /* Sends a chain (header descriptor 0, frame descriptor 1 at `addr`) and waits for its completion;
  * returns false on a timeout. */
 static bool send_chain_on(struct ring *r, uint64_t addr, uint32_t len, uint32_t *used_len)
 {
 	memset(g_txhdr, 0, HDR);
-	DESC(r)[0].addr = (uintptr_t)g_txhdr;
-	DESC(r)[0].len = HDR;
-	DESC(r)[0].flags = D_NEXT;
-	DESC(r)[0].next = 1;
-	DESC(r)[1].addr = addr;
-	DESC(r)[1].len = len;
-	DESC(r)[1].flags = 0;
-	DESC(r)[1].next = 0;
-	publish(r, 0);
-	kick(r);
-	uint64_t dl = deadline_ms(5000);
+	vdesc_set(DESC(r), 0, (uintptr_t)g_txhdr, HDR, D_NEXT, 1);
+	vdesc_set(DESC(r), 1, addr, len, 0, 0);
 	uint32_t id;
-	while (!pop_used(r, &id, used_len))
-		if (deadline_passed(dl))
-			return false;
-	return id == 0;
+	return run_chain0(r, &id, used_len) && id == 0;
 }
 static bool send_chain(uint64_t addr, uint32_t len, uint32_t *used_len) { return send_chain_on(&txq, addr, len, used_len); }
 
@@ -405,15 +296,15 @@ static void check_tx(void)
 		bool done = send_chain((uintptr_t)g_txframe, sizes[seq], &used);
 		char name[24];
 		snprintf(name, sizeof(name), "vnet_tx%u", seq);
-		check(name, done, "frame %u (%u bytes) not completed", seq, sizes[seq]);
+		probe_check(name, done, "frame %u (%u bytes) not completed", seq, sizes[seq]);
 	}
 	/* A frame buffer outside guest RAM: returned, nothing sent. */
 	uint32_t used = 0xFFFFFFFFu;
 	bool done = send_chain(0x4000000000ull, 100, &used);
-	check("vnet_tx_bad_chain", done && used == 0, "completed %u, used length %u", done, used);
+	probe_check("vnet_tx_bad_chain", done && used == 0, "completed %u, used length %u", done, used);
 	build_frame(3, 100);
 	done = send_chain((uintptr_t)g_txframe, 100, &used);
-	check("vnet_tx_after_bad_chain", done, "frame 3 not completed");
+	probe_check("vnet_tx_after_bad_chain", done, "frame 3 not completed");
 }
 
 /* Sends control command `cmd` (len bytes) with a one-byte ack; `cmd_addr` overrides where the
@@ -421,21 +312,11 @@ static void check_tx(void)
 static bool ctrl_send(struct ring *r, uint64_t cmd_addr, uint32_t len, uint32_t *used_len, uint8_t *ack)
 {
 	g_ctrl_ack = 0xAA;
-	DESC(r)[0].addr = cmd_addr;
-	DESC(r)[0].len = len;
-	DESC(r)[0].flags = D_NEXT;
-	DESC(r)[0].next = 1;
-	DESC(r)[1].addr = (uintptr_t)&g_ctrl_ack;
-	DESC(r)[1].len = 1;
-	DESC(r)[1].flags = D_WRITE;
-	DESC(r)[1].next = 0;
-	publish(r, 0);
-	kick(r);
-	uint64_t dl = deadline_ms(5000);
+	vdesc_set(DESC(r), 0, cmd_addr, len, D_NEXT, 1);
+	vdesc_set(DESC(r), 1, (uintptr_t)&g_ctrl_ack, 1, D_WRITE, 0);
 	uint32_t id;
-	while (!pop_used(r, &id, used_len))
-		if (deadline_passed(dl))
-			return false;
+	if (!run_chain0(r, &id, used_len))
+		return false;
 	*ack = g_ctrl_ack;
 	return id == 0;
 }
@@ -447,8 +328,8 @@ static void ctrl_expect(const char *name, const uint8_t *cmd, uint32_t len, uint
 	uint32_t used = 0xFFFFFFFFu;
 	uint8_t ack = 0xAA;
 	bool done = ctrl_send(r, (uintptr_t)g_ctrl_cmd, len, &used, &ack);
-	check(name, done && used == 1 && ack == want_ack, "completed %u, used length %u, ack %u (want %u)", done,
-	      used, ack, want_ack);
+	probe_check(name, done && used == 1 && ack == want_ack, "completed %u, used length %u, ack %u (want %u)", done,
+		    used, ack, want_ack);
 }
 
 static bool check_ctrl(void)
@@ -463,8 +344,9 @@ static bool check_ctrl(void)
 	uint32_t used = 0xFFFFFFFFu;
 	uint8_t ack = 0;
 	bool done = ctrl_send(&g_q[2 * g_pairs], 0x4000000000ull, 4, &used, &ack);
-	check("vnet_ctrl_bad_chain", done && used == 0 && ack == 0xAA, "completed %u, used length %u, ack 0x%x", done,
-	      used, ack);
+	probe_check("vnet_ctrl_bad_chain", done && used == 0 && ack == 0xAA, "completed %u, used length %u, ack 0x%x",
+		    done,
+		    used, ack);
 	ctrl_expect("vnet_ctrl_set_pairs", good, 4, 0);
 	return true;
 }
@@ -479,7 +361,7 @@ static void check_mq_tx(void)
 		bool done = send_chain_on(&g_q[2 * p + 1], (uintptr_t)g_txframe, size, &used);
 		char name[24];
 		snprintf(name, sizeof(name), "vnet_tx_pair%u", p);
-		check(name, done, "frame %u on TX queue %u not completed", seq, 2 * p + 1);
+		probe_check(name, done, "frame %u on TX queue %u not completed", seq, 2 * p + 1);
 	}
 }
 
@@ -579,30 +461,23 @@ static void check_rx(void)
 		}
 	}
 	probe_info("vnet_rx", "%u host frames, %u bad, %u other, rx pairs mask 0x%x", got, bad, other, pairs_mask);
-	check("vnet_rx_frames", got == want && bad == 0, "%u of %u host frames, %u bad (%s)", got, want, bad, why);
-	check("vnet_rx_num_buffers", hdr_ok && !torn, "num_buffers != 1 without MRG_RXBUF, or a merged frame torn");
+	probe_check("vnet_rx_frames", got == want && bad == 0, "%u of %u host frames, %u bad (%s)", got, want, bad,
+		    why);
+	probe_check("vnet_rx_num_buffers", hdr_ok && !torn,
+		    "num_buffers != 1 without MRG_RXBUF, or a merged frame torn");
 	if (g_mrg)
-		check("vnet_rx_merged", merged && !torn, "merged %u torn %u (no frame needed several buffers?)", merged,
-		      torn);
+		probe_check("vnet_rx_merged", merged && !torn, "merged %u torn %u (no frame needed several buffers?)",
+			    merged,
+			    torn);
 }
 
-struct tx_slice {
-	uint64_t start, end, bytes;
-	uint32_t frames;
-};
-static struct tx_slice g_tx_slices[BENCH_MAX_SLICES];
+static struct bench_slice g_slices[BENCH_MAX_SLICES];
 
-static void print_slices(const char *name, uint32_t nslices, uint64_t t0, uint64_t khz)
+/* Publishes what avail_add put in the ring and notifies. */
+static void avail_publish_kick(struct ring *r)
 {
-	uint32_t shown = nslices < BENCH_MAX_SLICES ? nslices : BENCH_MAX_SLICES;
-	for (uint32_t i = 0; i < shown; i++) {
-		const struct tx_slice *sl = &g_tx_slices[i];
-		char key[48];
-		snprintf(key, sizeof(key), "%s_slice_%u", name, i);
-		probe_info(key, "start_us=%llu us=%u frames=%u bytes=%llu",
-			   udiv64((sl->start - t0) * 1000u, (uint32_t)khz, NULL), tsc_to_us(sl->end - sl->start), sl->frames,
-			   sl->bytes);
-	}
+	avail_publish(r);
+	kick(r);
 }
 
 /* bench=rx: see the header comment. */
@@ -617,69 +492,38 @@ static void bench_rx(void)
 	}
 	struct ring *r = &rxq;
 	for (uint16_t i = 0; i < QSZ; i++) {
-		DESC(r)[i].addr = (uintptr_t)g_bench_frame;
-		DESC(r)[i].len = BENCH_MAX_FRAME;
-		DESC(r)[i].flags = D_WRITE;
-		DESC(r)[i].next = 0;
-		AVAIL(r)[2 + r->avail_idx % QSZ] = i;
-		r->avail_idx++;
+		vdesc_set(DESC(r), i, (uintptr_t)g_bench_frame, BENCH_MAX_FRAME, D_WRITE, 0);
+		avail_add(r, i);
 	}
-	mb();
-	AVAIL(r)[1] = r->avail_idx;
-	mb();
-	kick(r);
-	uint64_t khz = tsc_khz();
-	uint64_t slice_ticks = khz * slice_ms, run_ticks = khz * 1000u * seconds, stall = khz * 5000u;
-	uint32_t id, len, frames = 0, nslices = 0;
-	uint64_t bytes = 0, first = deadline_ms(30000);
+	avail_publish_kick(r);
+	uint64_t run_ticks = (uint64_t)tsc_khz() * 1000u * seconds;
+	uint32_t id, len, frames = 0;
+	uint64_t first = deadline_ms(30000);
 	bool started = false;
 	while (!started && !deadline_passed(first))
 		started = *(volatile uint16_t *)(USED(r) + 2) != r->used_idx;
-	uint64_t t0 = rdtsc(), progress = t0, last = t0;
-	struct tx_slice cur = {t0, 0, 0, 0};
+	struct bench_slices sl;
+	bench_slices_start(&sl, g_slices, BENCH_MAX_SLICES, slice_ms);
 	bool stalled = !started;
-	while (started && last - t0 < run_ticks) {
+	while (started && bench_slices_elapsed(&sl) < run_ticks) {
 		uint32_t reaped = 0;
 		while (pop_used(r, &id, &len)) {
 			reaped++;
-			cur.frames++;
-			cur.bytes += len > HDR ? len - HDR : 0;
-			AVAIL(r)[2 + r->avail_idx % QSZ] = (uint16_t)id;
-			r->avail_idx++;
+			bench_slices_count(&sl, len > HDR ? len - HDR : 0);
+			avail_add(r, (uint16_t)id);
 		}
-		uint64_t now = rdtsc();
+		bool alive = bench_slices_poll(&sl, reaped); /* the completion time before the notification */
 		if (reaped) {
-			mb();
-			AVAIL(r)[1] = r->avail_idx;
-			mb();
-			kick(r);
+			avail_publish_kick(r);
 			frames += reaped;
-			progress = last = now;
-			if (now - cur.start >= slice_ticks) {
-				cur.end = now;
-				bytes += cur.bytes;
-				if (nslices < BENCH_MAX_SLICES)
-					g_tx_slices[nslices] = cur;
-				nslices++;
-				cur.start = now;
-				cur.frames = 0;
-				cur.bytes = 0;
-			}
-		} else if (now - progress > stall) {
+		} else if (!alive) {
 			stalled = true;
 			break;
 		}
 	}
-	if (!stalled && cur.frames) { /* the last, shorter slice */
-		cur.end = last;
-		if (nslices < BENCH_MAX_SLICES)
-			g_tx_slices[nslices] = cur;
-		nslices++;
-	}
-	bytes += cur.bytes;
-	print_slices("bench_rx", nslices, t0, khz);
-	probe_info("bench_rx", "frames=%u bytes=%llu us=%u slices=%u%s", frames, bytes, tsc_to_us(last - t0), nslices,
-		   stalled ? " stalled" : "");
+	bench_slices_finish(&sl, stalled, "bench_rx", "frames");
+	probe_info("bench_rx", "frames=%u bytes=%llu us=%u slices=%u%s", frames, sl.bytes,
+		   tsc_to_us(bench_slices_elapsed(&sl)), sl.n, stalled ? " stalled" : "");
 	probe_check("bench_rx", !stalled && frames, "%s", started ? "nothing received for 5 s (stalled)" : "no frame in 30 s");
 }
 
@@ -707,83 +551,46 @@ static void bench_tx(void)
 	memset(g_txhdr, 0, HDR);
 	struct ring *r = &txq;
 	for (uint16_t c = 0; c < chains; c++) {
-		DESC(r)[2 * c].addr = (uintptr_t)g_txhdr;
-		DESC(r)[2 * c].len = HDR;
-		DESC(r)[2 * c].flags = D_NEXT;
-		DESC(r)[2 * c].next = (uint16_t)(2 * c + 1);
-		DESC(r)[2 * c + 1].addr = (uintptr_t)g_bench_frame;
-		DESC(r)[2 * c + 1].len = frame;
-		DESC(r)[2 * c + 1].flags = 0;
-		DESC(r)[2 * c + 1].next = 0;
+		vdesc_set(DESC(r), (uint16_t)(2 * c), (uintptr_t)g_txhdr, HDR, D_NEXT, (uint16_t)(2 * c + 1));
+		vdesc_set(DESC(r), (uint16_t)(2 * c + 1), (uintptr_t)g_bench_frame, frame, 0, 0);
 	}
-	uint64_t khz = tsc_khz();
-	uint64_t slice_ticks = khz * slice_ms, run_ticks = khz * 1000u * seconds, stall = khz * 5000u;
-	uint32_t frames = 0, nslices = 0, outstanding = 0;
-	uint64_t bytes = 0;
-	struct tx_slice cur = {0, 0, 0, 0};
-	uint64_t t0 = rdtsc(), progress = t0, last = t0;
-	cur.start = t0;
+	uint64_t run_ticks = (uint64_t)tsc_khz() * 1000u * seconds;
+	uint32_t frames = 0, outstanding = 0;
+	struct bench_slices sl;
+	bench_slices_start(&sl, g_slices, BENCH_MAX_SLICES, slice_ms);
 	bool stalled = false;
 	for (uint16_t c = 0; c < chains; c++) {
-		AVAIL(r)[2 + r->avail_idx % QSZ] = (uint16_t)(2 * c);
-		r->avail_idx++;
+		avail_add(r, (uint16_t)(2 * c));
 		outstanding++;
 	}
-	mb();
-	AVAIL(r)[1] = r->avail_idx;
-	mb();
-	kick(r);
+	avail_publish_kick(r);
 	for (;;) {
-		bool sending = last - t0 < run_ticks;
+		bool sending = bench_slices_elapsed(&sl) < run_ticks;
 		if (!sending && !outstanding)
 			break;
 		uint32_t id, len, reaped = 0;
 		while (pop_used(r, &id, &len)) {
 			reaped++;
 			outstanding--;
-			cur.frames++;
-			cur.bytes += frame;
+			bench_slices_count(&sl, frame);
 			if (sending) {
-				AVAIL(r)[2 + r->avail_idx % QSZ] = (uint16_t)id;
-				r->avail_idx++;
+				avail_add(r, (uint16_t)id);
 				outstanding++;
 			}
 		}
-		uint64_t now = rdtsc();
+		bool alive = bench_slices_poll(&sl, reaped); /* the completion time before the notification */
 		if (reaped) {
-			if (sending) {
-				mb();
-				AVAIL(r)[1] = r->avail_idx;
-				mb();
-				kick(r);
-			}
+			if (sending)
+				avail_publish_kick(r);
 			frames += reaped;
-			progress = last = now;
-			if (now - cur.start >= slice_ticks) {
-				cur.end = now;
-				bytes += cur.bytes;
-				if (nslices < BENCH_MAX_SLICES)
-					g_tx_slices[nslices] = cur;
-				nslices++;
-				cur.start = now;
-				cur.frames = 0;
-				cur.bytes = 0;
-			}
-		} else if (now - progress > stall) {
+		} else if (!alive) {
 			stalled = true;
 			break;
 		}
 	}
-	if (!stalled && cur.frames) { /* the last, shorter slice */
-		cur.end = last;
-		if (nslices < BENCH_MAX_SLICES)
-			g_tx_slices[nslices] = cur;
-		nslices++;
-	}
-	bytes += cur.bytes;
-	print_slices("bench_tx", nslices, t0, khz);
-	probe_info("bench_tx", "frames=%u bytes=%llu us=%u frame=%u slices=%u%s", frames, bytes, tsc_to_us(last - t0),
-		   frame, nslices, stalled ? " stalled" : "");
+	bench_slices_finish(&sl, stalled, "bench_tx", "frames");
+	probe_info("bench_tx", "frames=%u bytes=%llu us=%u frame=%u slices=%u%s", frames, sl.bytes,
+		   tsc_to_us(bench_slices_elapsed(&sl)), frame, sl.n, stalled ? " stalled" : "");
 	probe_check("bench_tx", !stalled && frames, "nothing completed for 5 s (stalled)");
 }
 
@@ -791,8 +598,8 @@ void probe_main(void)
 {
 	if (!find_device() || !map_device() || !walk_caps())
 		return;
-	c_write8(C_STATUS, 0);
-	v.offered = device_features();
+	vp_write8(vp, C_STATUS, 0);
+	v.offered = vp_device_features(vp);
 	probe_info("vnet_features", "0x%llx", v.offered);
 	cmdline_get_u32("pairs", &g_pairs);
 	if (g_pairs < 1 || g_pairs > MAXP)
@@ -801,7 +608,9 @@ void probe_main(void)
 	if (g_rxbuf_len < 64 || g_rxbuf_len > RXBUF)
 		g_rxbuf_len = RXBUF;
 	g_mrg = cmdline_is("mrg", "1");
-	bool offered = has(v.offered, F_VERSION_1) && has(v.offered, F_NET_MAC) && has(v.offered, F_NET_STATUS);
+	bool offered = has_feature(v.offered, F_VERSION_1) && has_feature(v.offered,
+									  F_NET_MAC) && has_feature(v.offered,
+												    F_NET_STATUS);
 	uint64_t wanted = (1ull << F_VERSION_1) | (1ull << F_NET_MAC) | (1ull << F_NET_STATUS);
 	if (cmdline_is("ack_offloads", "1")) {
 		uint64_t offloads = (1ull << F_NET_CSUM) | (1ull << F_NET_GUEST_CSUM) | (1ull << F_NET_GUEST_TSO4) |
@@ -815,43 +624,46 @@ void probe_main(void)
 		wanted |= mq;
 	}
 	if (g_mrg) {
-		offered = offered && has(v.offered, F_NET_MRG_RXBUF);
+		offered = offered && has_feature(v.offered, F_NET_MRG_RXBUF);
 		wanted |= 1ull << F_NET_MRG_RXBUF;
 	}
-	uint8_t s = negotiate(wanted);
-	check("vnet_features_ok", offered && s == (S_ACK | S_DRIVER | S_FEATURES_OK), "offered 0x%llx, status 0x%x",
-	      v.offered, s);
+	uint8_t s = vp_negotiate(vp, wanted);
+	probe_check("vnet_features_ok", offered && s == (S_ACK | S_DRIVER | S_FEATURES_OK),
+		    "offered 0x%llx, status 0x%x",
+		    v.offered, s);
 	if (!(s & S_FEATURES_OK))
 		return;
 
 	for (int i = 0; i < 6; i++)
-		v.mac[i] = mmio_read8(v.device + i);
-	uint16_t status = mmio_read16(v.device + 6);
+		v.mac[i] = mmio_read8(vp->device + i);
+	uint16_t status = mmio_read16(vp->device + 6);
 	probe_info("vnet_mac", "%02x:%02x:%02x:%02x:%02x:%02x", v.mac[0], v.mac[1], v.mac[2], v.mac[3], v.mac[4],
 		   v.mac[5]);
 	char text[32];
 	uint8_t want[6];
 	if (cmdline_get("expect_mac", text, sizeof(text)))
-		check("vnet_mac", parse_mac(text, want) && memcmp(want, v.mac, 6) == 0, "MAC differs from %s", text);
-	check("vnet_link_up", status & 1, "status 0x%x", status);
+		probe_check("vnet_mac", parse_mac(text, want) && memcmp(want, v.mac, 6) == 0, "MAC differs from %s",
+			    text);
+	probe_check("vnet_link_up", status & 1, "status 0x%x", status);
 	if (g_pairs > 1) {
-		uint16_t max_pairs = mmio_read16(v.device + 8);
-		check("vnet_max_pairs", max_pairs == g_pairs, "max_virtqueue_pairs %u, want %u", max_pairs, g_pairs);
+		uint16_t max_pairs = mmio_read16(vp->device + 8);
+		probe_check("vnet_max_pairs", max_pairs == g_pairs, "max_virtqueue_pairs %u, want %u", max_pairs,
+			    g_pairs);
 	}
 
 	/* Every queue its own vector: q + 1 (0 is the configuration's), read back. */
-	c_write16(C_MSIX, 0);
+	vp_write16(vp, C_MSIX, 0);
 	uint32_t nq = g_pairs > 1 ? 2 * g_pairs + 1 : 2;
-	bool vectors_ok = c_read16(C_MSIX) == 0;
+	bool vectors_ok = vp_read16(vp, C_MSIX) == 0;
 	for (uint16_t q = 0; q < nq; q++) {
 		setup_queue(q, &g_q[q]);
-		c_write16(C_Q_SELECT, q);
-		vectors_ok = vectors_ok && c_read16(C_Q_MSIX) == q + 1;
+		vp_write16(vp, C_Q_SELECT, q);
+		vectors_ok = vectors_ok && vp_read16(vp, C_Q_MSIX) == q + 1;
 	}
-	check("vnet_msix_vectors", vectors_ok, "a queue's MSI-X vector did not read back as q + 1");
-	c_write8(C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
-	s = c_read8(C_STATUS);
-	check("vnet_driver_ok", s == 0xF, "status 0x%x", s);
+	probe_check("vnet_msix_vectors", vectors_ok, "a queue's MSI-X vector did not read back as q + 1");
+	vp_write8(vp, C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	s = vp_read8(vp, C_STATUS);
+	probe_check("vnet_driver_ok", s == 0xF, "status 0x%x", s);
 	if (s != 0xF)
 		return;
 	if (cmdline_is("bench", "tx") || cmdline_is("bench", "rx")) {
@@ -859,7 +671,7 @@ void probe_main(void)
 			bench_tx();
 		else
 			bench_rx();
-		c_write8(C_STATUS, 0);
+		vp_write8(vp, C_STATUS, 0);
 		return;
 	}
 	if (g_pairs > 1)
@@ -874,5 +686,5 @@ void probe_main(void)
 	if (g_pairs > 1)
 		check_mq_tx();
 	check_rx();
-	c_write8(C_STATUS, 0);
+	vp_write8(vp, C_STATUS, 0);
 }

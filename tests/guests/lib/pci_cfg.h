@@ -40,4 +40,35 @@ static inline void cfg_write16(uint8_t dev, uint16_t reg, uint16_t v)
 	outw(CFG_DATA + (reg & 2), v);
 }
 
+/* Counts the functions on bus 0 (slots 1-31; 0 is the host bridge) whose vendor and device ids
+ * (dword 0) are `id`; the slot of the first goes to *first (untouched if there is none). */
+static inline uint32_t pci_find_functions(uint32_t id, uint8_t *first)
+{
+	uint32_t found = 0;
+	for (uint8_t dev = 1; dev < 32; dev++) {
+		if (cfg_read32(dev, 0) != id)
+			continue;
+		if (!found)
+			*first = dev;
+		found++;
+	}
+	return found;
+}
+
+/* The capability list: the first entry (0 if the function has none) and the one after `ptr`. */
+static inline uint8_t pci_cap_first(uint8_t dev) { return (cfg_read16(dev, 0x06) & 0x10) ? cfg_read8(dev, 0x34) : 0; }
+static inline uint8_t pci_cap_next(uint8_t dev, uint8_t ptr) { return cfg_read8(dev, ptr + 1); }
+/* Offset of capability `id` in the function's list (at most 48 entries: a looping list ends), 0 if
+ * absent. */
+static inline uint8_t pci_find_cap(uint8_t dev, uint8_t id)
+{
+	uint8_t ptr = pci_cap_first(dev);
+	for (uint32_t n = 0; ptr && n < 48; n++) {
+		if (cfg_read8(dev, ptr) == id)
+			return ptr;
+		ptr = pci_cap_next(dev, ptr);
+	}
+	return 0;
+}
+
 #endif

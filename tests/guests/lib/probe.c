@@ -11,39 +11,35 @@ static bool g_done;
 #define BOOT_MARKER_VALUE 123
 
 /* ---------------- IDT and exceptions ---------------- */
-struct idt_entry {
-	uint16_t off_lo;
-	uint16_t sel;
-	uint8_t zero;
-	uint8_t type;
-	uint16_t off_hi;
-} PACKED;
-struct dtr {
-	uint16_t limit;
-	uint32_t base;
-} PACKED;
-
 struct exc_frame {
 	uint32_t edi, esi, ebp, esp, ebx, edx, ecx, eax; /* pushal */
 	uint32_t vector, error;
 	uint32_t eip, cs, eflags;
 } PACKED;
 
-extern const uint32_t exc_stub_table[32];
 static struct idt_entry g_idt[32];
 static volatile uint32_t g_in_exception;
 
+void idt_set_gate(struct idt_entry *idt, uint32_t vector, uint32_t handler)
+{
+	idt[vector].off_lo = (uint16_t)handler;
+	idt[vector].sel = 0x08;
+	idt[vector].zero = 0;
+	idt[vector].type = 0x8E; /* present, DPL0, 32-bit interrupt gate */
+	idt[vector].off_hi = (uint16_t)(handler >> 16);
+}
+
+void idt_load(const struct idt_entry *idt, uint32_t entries)
+{
+	struct dtr d = { (uint16_t)(entries * sizeof(*idt) - 1), (uint32_t)(uintptr_t)idt };
+	__asm__ volatile("lidt %0" : : "m"(d) : "memory");
+}
+
 static void idt_init(void)
 {
-	for (int i = 0; i < 32; i++) {
-		g_idt[i].off_lo = (uint16_t)exc_stub_table[i];
-		g_idt[i].sel = 0x08;
-		g_idt[i].zero = 0;
-		g_idt[i].type = 0x8E; /* present, DPL0, 32-bit interrupt gate */
-		g_idt[i].off_hi = (uint16_t)(exc_stub_table[i] >> 16);
-	}
-	struct dtr d = { sizeof(g_idt) - 1, (uint32_t)(uintptr_t)g_idt };
-	__asm__ volatile("lidt %0" : : "m"(d));
+	for (uint32_t i = 0; i < 32; i++)
+		idt_set_gate(g_idt, i, exc_stub_table[i]);
+	idt_load(g_idt, ARRAY_SIZE(g_idt));
 }
 
 void exception_handler(struct exc_frame *f);

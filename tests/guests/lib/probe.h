@@ -46,6 +46,27 @@ uint32_t probe_fail_count(void);
 /* `PROBE-DONE pass=N fail=M`, then exit as `exit=` says. */
 NORETURN void probe_done(void);
 
+/* ---- interrupt descriptor table (lib/probe.c) ---- */
+/* A 32-bit interrupt gate, and the operand of lidt. */
+struct idt_entry {
+	uint16_t off_lo;
+	uint16_t sel;
+	uint8_t zero;
+	uint8_t type;
+	uint16_t off_hi;
+} PACKED;
+struct dtr {
+	uint16_t limit;
+	uint32_t base;
+} PACKED;
+/* The library's exception stubs for vectors 0..31 (lib/entry.S). */
+extern const uint32_t exc_stub_table[32];
+/* Gate `vector` of `idt`: a ring-0 32-bit interrupt gate to `handler` in the flat code segment. */
+void idt_set_gate(struct idt_entry *idt, uint32_t vector, uint32_t handler);
+/* Loads `idt` (`entries` gates) into the IDTR. The library installs one with the exception stubs
+ * before probe_main; a probe that takes interrupts builds a larger one (nvme.c). */
+void idt_load(const struct idt_entry *idt, uint32_t entries);
+
 /* ---- machine exit (lib/probe.c) ---- */
 NORETURN void machine_reset_i8042(void);   /* 0xFE to port 0x64 */
 NORETURN void machine_poweroff(void);      /* FADT sleep control (or PM1a), SLP_TYP from _S5_ */
