@@ -7,6 +7,7 @@
 //! the disk. Guest RAM has a hole, so buffers can straddle it.
 #![no_main]
 
+use devices::block::FailureLog;
 use devices::virtio_blk::request::{process_chain, Disk, Scratch};
 use devices::virtio_blk::SECTOR_SIZE;
 use flint_fuzz::{guest_memory, Input, MemDisk, SplitRing};
@@ -38,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         sectors: DISK as u64 / SECTOR_SIZE,
         read_only,
         id: *b"fuzz-disk-0123456789",
+        failures: FailureLog::default(),
     };
     let ring = SplitRing::packed(0, size);
     let mut queue = Queue::new(256).expect("queue");
