@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -169,6 +169,65 @@ fn rx_with_merged_buffers_spreads_a_frame_and_publishes_it_at_once() {
     assert!(matches!(d, RxDelivery::Dropped { chains: 2 }), "{d:?}");
     assert_eq!(ring.used_idx(), 6);
     assert_eq!((ring.used_entry(4), ring.used_entry(5)), ((4, 0), (5, 0)));
+}
+
+/// Whether the driver would notify the queue when it adds its next buffer: EVENT_IDX's
+/// `avail_event` is the available index (nothing offered is left unseen), or without EVENT_IDX
+/// the used ring's NO_NOTIFY flag is clear.
+fn notification_armed(mem: &GuestMemoryMmap, ring: &TestRing, event_idx: bool) -> bool {
+    let avail_idx: u16 = mem.read_obj(GuestAddress(ring.avail + 2)).unwrap();
+    if event_idx {
+        let size = 8; // the rings of the test below
+        let avail_event: u16 = mem
+            .read_obj(GuestAddress(ring.used + 4 + 8 * size))
+            .unwrap();
+        avail_event == avail_idx
+    } else {
+        mem.read_obj::<u16>(GuestAddress(ring.used)).unwrap() & 1 == 0
+    }
+}
+
+/// Fuzzing found this (virtio_net_chain): a merged frame needing more buffers than the ring had
+/// put its chains back and then asked `enable_notification` whether buffers had come in, which
+/// counted the ones put back: the worker looped on the frame forever. With EVENT_IDX,
+/// `avail_event` was left at the chains put back, so the driver would never have notified.
+#[test]
+fn rx_frame_waiting_for_merged_buffers_arms_the_notification() {
+    for event_idx in [false, true] {
+        let mem = memory();
+        let mut ring = TestRing::new(&mem, RING, 8);
+        let mut q = ring.queue(event_idx);
+        let mut scratch = RxScratch::default();
+        q.disable_notification(&mem).unwrap();
+        for i in 0..2u16 {
+            ring.chain(i, &[(BUF + 0x1000 * u64::from(i), 512, F_WRITE)]);
+            ring.publish(i);
+        }
+        let f = rx_frame(1500);
+        for _ in 0..2 {
+            let d = deliver_rx_frame(&mem, &mut q, &mut f.clone(), MRG, &mut scratch);
+            assert!(matches!(d, RxDelivery::NoBuffers), "{d:?}");
+            assert_eq!((q.next_avail(), ring.used_idx()), (0, 0), "put back");
+            assert!(
+                notification_armed(&mem, &ring, event_idx),
+                "EVENT_IDX {event_idx}"
+            );
+        }
+        // The driver adds the third buffer (and notifies); the frame goes in.
+        q.disable_notification(&mem).unwrap();
+        ring.chain(2, &[(BUF + 0x2000, 512, F_WRITE)]);
+        ring.publish(2);
+        let d = deliver_rx_frame(&mem, &mut q, &mut f.clone(), MRG, &mut scratch);
+        assert!(matches!(d, RxDelivery::Done { chains: 3 }), "{d:?}");
+        assert_eq!(ring.used_idx(), 3);
+        if !event_idx {
+            assert!(!notification_armed(&mem, &ring, false), "left disabled");
+        }
+        // Without MRG_RXBUF an empty ring arms it too.
+        let d = deliver_rx_frame(&mem, &mut q, &mut f.clone(), 0, &mut scratch);
+        assert!(matches!(d, RxDelivery::NoBuffers), "{d:?}");
+        assert!(notification_armed(&mem, &ring, event_idx));
+    }
 }
 
 #[test]

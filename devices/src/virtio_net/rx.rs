@@ -38,7 +38,8 @@ pub enum RxDelivery {
         /// Chains the frame took (1 without MRG_RXBUF).
         chains: usize,
     },
-    /// Not enough buffers: the frame waits (nothing was used, taken chains were put back).
+    /// Not enough buffers: the frame waits. Nothing was used, taken chains were put back, and
+    /// notifications are enabled: the driver notifies the queue when it adds a buffer.
     NoBuffers,
     /// The frame was dropped; the chains it took were returned with length 0.
     Dropped {
@@ -70,7 +71,8 @@ pub struct RxScratch {
 /// `num_buffers` is set, and its other fields cleared for a driver without GUEST_CSUM. Every used
 /// element of the frame appears with one used-index update. The caller interrupts the driver; with
 /// more than one chain it must do so regardless of EVENT_IDX's `used_event` (the queue's
-/// notification accounting did not see every element).
+/// notification accounting did not see every element). The caller has disabled the queue's
+/// notifications; they stay disabled unless the frame has to wait ([`RxDelivery::NoBuffers`]).
 pub fn deliver_rx_frame(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
@@ -92,16 +94,50 @@ pub fn deliver_rx_frame(
     }
 }
 
+/// The next available chain; None when the driver has offered no more, in which case the driver
+/// has been asked to notify the queue when it adds the next one (EVENT_IDX: `avail_event` is the
+/// index of the first entry not yet offered, past the chains taken so far).
 fn next_chain<'m>(
     mem: &'m GuestMemoryMmap,
     queue: &mut Queue,
 ) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, RxDelivery> {
-    match queue.iter(mem) {
-        Ok(mut iter) => Ok(iter.next()),
-        Err(error) => Err(RxDelivery::Broken {
-            what: "bad available ring",
-            error,
-        }),
+    loop {
+        match queue.iter(mem) {
+            Ok(mut iter) => {
+                if let Some(chain) = iter.next() {
+                    return Ok(Some(chain));
+                }
+            }
+            Err(error) => {
+                return Err(RxDelivery::Broken {
+                    what: "bad available ring",
+                    error,
+                })
+            }
+        }
+        // `enable_notification` says whether entries past the device's position exist, so it must
+        // run here, before a merged frame's chains are put back: afterwards it would find those and
+        // report buffers that cannot hold the frame (the worker spun on that), and EVENT_IDX's
+        // `avail_event` would lag behind entries the driver already offered, so the driver would
+        // never notify again (an RX stall).
+        match queue.enable_notification(mem) {
+            Ok(true) => {
+                // A buffer came in meanwhile: take it, notifications off again.
+                if let Err(error) = queue.disable_notification(mem) {
+                    return Err(RxDelivery::Broken {
+                        what: "cannot disable notifications",
+                        error,
+                    });
+                }
+            }
+            Ok(false) => return Ok(None),
+            Err(error) => {
+                return Err(RxDelivery::Broken {
+                    what: "cannot enable notifications",
+                    error,
+                })
+            }
+        }
     }
 }
 
@@ -157,19 +193,21 @@ fn deliver_merged(
     let mut room = 0u64;
     let mut malformed = false;
     while room < len as u64 {
+        if taken == usize::from(size) {
+            // A full ring cannot hold it: drop it. (Checked before taking another chain: a driver
+            // adding buffers while the device takes them would otherwise let a frame take more
+            // chains than the used ring has room for.)
+            malformed = true;
+            break;
+        }
         let chain = match next_chain(mem, queue) {
             Ok(Some(chain)) => chain,
-            Ok(None) if taken < usize::from(size) => {
-                // Put the chains back; the driver will add more.
+            Ok(None) => {
+                // Put the chains back; the driver will add more and notify the queue.
                 for _ in 0..taken {
                     queue.go_to_previous_position();
                 }
                 return RxDelivery::NoBuffers;
-            }
-            Ok(None) => {
-                // A full ring cannot hold it: drop it.
-                malformed = true;
-                break;
             }
             Err(broken) => return broken,
         };
@@ -317,20 +355,10 @@ impl PairWorker {
                 // next_frame never keeps one; nothing was used.
                 RxDelivery::Runt => self.rx_pending = None,
                 RxDelivery::NoBuffers => {
-                    // Keep the frame; stop watching the TAP until the driver adds buffers.
-                    match self.rx.q.queue.enable_notification(&self.mem) {
-                        Ok(true) => {
-                            if let Err(e) = self.rx.q.queue.disable_notification(&self.mem) {
-                                return self.broken(Which::Rx, "cannot disable notifications", e);
-                            }
-                            continue;
-                        }
-                        Ok(false) => {
-                            self.poll_tap(false);
-                            break;
-                        }
-                        Err(e) => return self.broken(Which::Rx, "cannot enable notifications", e),
-                    }
+                    // Keep the frame; stop watching the TAP until the driver adds buffers (its
+                    // notification brings the worker back).
+                    self.poll_tap(false);
+                    break;
                 }
                 RxDelivery::Broken { what, error } => return self.broken(Which::Rx, what, error),
             }
