@@ -258,7 +258,12 @@ fn virtio_blk() -> Vec<(&'static str, Vec<u8>)> {
     m.desc(desc, 8, 0x230, 16, F_NEXT, 9);
     m.desc(desc, 9, 0x302, 1, F_WRITE, 0);
     m.avail(avail, &[0, 3, 6, 8]);
+    // The same requests rate limited: the limiter refuses the first and third when first asked.
+    let mut throttled = vec![3 | 0x20 | 0x80];
+    throttled.extend_from_slice(&0xffff_fffau32.to_le_bytes());
+    throttled.extend_from_slice(&m.0);
     seeds.push(("out-in-getid-flush", blk_seed(0x20, m)));
+    seeds.push(("rate-limited", throttled));
 
     // DISCARD and WRITE_ZEROES with one segment each, EVENT_IDX on.
     let mut m = Image::default();
