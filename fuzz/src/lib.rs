@@ -3,7 +3,8 @@
 //! and guest memory with a hole in it. `seeds` builds the committed seed corpora.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use devices::block::BlockIo;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -90,11 +91,12 @@ impl Encoder {
 
 /// A disk in host memory that checks what a device model asks of it: every access inside the disk,
 /// no write to a read-only disk, no transfer longer than `max_transfer`. A violation panics, which
-/// the fuzzer reports as a crash.
+/// the fuzzer reports as a crash. It counts the operations asked of it ([`MemDisk::operations`]).
 pub struct MemDisk {
     data: Mutex<Vec<u8>>,
     read_only: bool,
     max_transfer: usize,
+    operations: Arc<AtomicU64>,
 }
 
 impl MemDisk {
@@ -104,7 +106,18 @@ impl MemDisk {
             data: Mutex::new(vec![0; size]),
             read_only,
             max_transfer,
+            operations: Arc::default(),
         }
+    }
+
+    /// The count of reads, writes, flushes, discards and write-zeroes asked so far (shared, so it
+    /// can be read after the disk has been boxed behind a device).
+    pub fn operations(&self) -> Arc<AtomicU64> {
+        self.operations.clone()
+    }
+
+    fn count(&self) {
+        self.operations.fetch_add(1, Ordering::Relaxed);
     }
 
     fn check(&self, what: &str, offset: u64, len: u64, size: usize) {
@@ -120,6 +133,7 @@ impl MemDisk {
     }
 
     fn fill(&self, what: &str, offset: u64, len: u64) -> io::Result<()> {
+        self.count();
         assert!(!self.read_only, "{what} on a read-only disk");
         let mut data = self.lock();
         self.check(what, offset, len, data.len());
@@ -138,6 +152,7 @@ impl BlockIo for MemDisk {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.count();
         assert!(
             buf.len() <= self.max_transfer,
             "read of {} bytes",
@@ -150,6 +165,7 @@ impl BlockIo for MemDisk {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.count();
         assert!(!self.read_only, "write on a read-only disk");
         assert!(
             buf.len() <= self.max_transfer,
@@ -163,6 +179,7 @@ impl BlockIo for MemDisk {
     }
 
     fn flush(&self) -> io::Result<()> {
+        self.count();
         Ok(())
     }
 

@@ -258,7 +258,12 @@ fn virtio_blk() -> Vec<(&'static str, Vec<u8>)> {
     m.desc(desc, 8, 0x230, 16, F_NEXT, 9);
     m.desc(desc, 9, 0x302, 1, F_WRITE, 0);
     m.avail(avail, &[0, 3, 6, 8]);
+    // The same requests rate limited: the limiter refuses the first and third when first asked.
+    let mut throttled = vec![3 | 0x20 | 0x80];
+    throttled.extend_from_slice(&0xffff_fffau32.to_le_bytes());
+    throttled.extend_from_slice(&m.0);
     seeds.push(("out-in-getid-flush", blk_seed(0x20, m)));
+    seeds.push(("rate-limited", throttled));
 
     // DISCARD and WRITE_ZEROES with one segment each, EVENT_IDX on.
     let mut m = Image::default();
@@ -310,16 +315,32 @@ fn virtio_blk() -> Vec<(&'static str, Vec<u8>)> {
     seeds
 }
 
+/// virtio_net_chain's feature byte: bit i acknowledges the i-th of CSUM, GUEST_CSUM, GUEST_TSO4,
+/// GUEST_TSO6, HOST_TSO4, HOST_TSO6, MRG_RXBUF, MQ.
+const NET_CSUM: u8 = 1;
+const NET_GUEST_CSUM: u8 = 1 << 1;
+const NET_GUEST_TSO4: u8 = 1 << 2;
+const NET_HOST_TSO4: u8 = 1 << 4;
+const NET_MRG_RXBUF: u8 = 1 << 6;
+const NET_MQ: u8 = 1 << 7;
+
 fn virtio_net() -> Vec<(&'static str, Vec<u8>)> {
-    // Both queues of 16 entries, packed from 0 (RX, then TX); buffers from 0x400.
+    // RX, TX and control queues of 16 entries, packed from 0 (RX, TX, control);
+    // buffers from 0x1000.
     let rx = SplitRing::packed(0, 16);
     let tx = SplitRing::packed(rx.end, 16);
-    let (rx_desc, tx_desc) = (rx.desc, tx.desc);
-    let (rx_avail, tx_avail) = (rx.avail, tx.avail);
+    let ctrl = SplitRing::packed(tx.end, 16);
+    assert!(ctrl.end <= 0x1000);
+    let (rx_desc, tx_desc, ctrl_desc) = (rx.desc, tx.desc, ctrl.desc);
+    let (rx_avail, tx_avail, ctrl_avail) = (rx.avail, tx.avail, ctrl.avail);
     let mut seeds = Vec::new();
-    let header = |e: &mut Encoder, acked: u8, frames: &[(u16, u8)]| {
-        // Both queues of 16 entries, EVENT_IDX on.
-        e.u8(3 | 3 << 4 | 0x08).u8(acked).u8(frames.len() as u8);
+    // `usable`: queue pairs with enabled queues (1 to 4).
+    let header = |e: &mut Encoder, acked: u8, usable: u8, frames: &[(u16, u8)]| {
+        // RX, TX and control queues of 16 entries, EVENT_IDX on.
+        e.u8(3 | 3 << 4 | 0x08)
+            .u8(acked)
+            .u8(3 | (usable - 1) << 3)
+            .u8(frames.len() as u8);
         for (len, fill) in frames {
             e.u16(*len).u8(*fill);
         }
@@ -327,18 +348,18 @@ fn virtio_net() -> Vec<(&'static str, Vec<u8>)> {
 
     // Two TX frames (header and frame in one buffer, and split), two RX buffers for two frames.
     let mut m = Image::default();
-    m.put(0x400, &[0; 12]);
-    m.put(0x40c, &[0xab; 60]);
-    m.desc(tx_desc, 0, 0x400, 72, 0, 0);
-    m.desc(tx_desc, 1, 0x500, 12, F_NEXT, 2);
-    m.desc(tx_desc, 2, 0x600, 1500, 0, 0);
+    m.put(0x1000, &[0; 12]);
+    m.put(0x100c, &[0xab; 60]);
+    m.desc(tx_desc, 0, 0x1000, 72, 0, 0);
+    m.desc(tx_desc, 1, 0x1100, 12, F_NEXT, 2);
+    m.desc(tx_desc, 2, 0x1200, 1500, 0, 0);
     m.avail(tx_avail, &[0, 1]);
-    m.desc(rx_desc, 0, 0x1000, 2048, F_WRITE, 0);
-    m.desc(rx_desc, 1, 0x1800, 12, F_WRITE | F_NEXT, 2);
-    m.desc(rx_desc, 2, 0x1900, 2048, F_WRITE, 0);
+    m.desc(rx_desc, 0, 0x2000, 2048, F_WRITE, 0);
+    m.desc(rx_desc, 1, 0x2800, 12, F_WRITE | F_NEXT, 2);
+    m.desc(rx_desc, 2, 0x2900, 2048, F_WRITE, 0);
     m.avail(rx_avail, &[0, 1]);
     let mut e = Encoder::default();
-    header(&mut e, 0, &[(48, 1), (1000, 2)]);
+    header(&mut e, 0, 1, &[(60, 1), (1012, 2)]);
     e.bytes(&m.0);
     seeds.push(("tx-rx-plain", e.0));
 
@@ -347,34 +368,85 @@ fn virtio_net() -> Vec<(&'static str, Vec<u8>)> {
     let mut m = Image::default();
     let mut hdr = Encoder::default();
     hdr.u8(1).u8(1).u16(54).u16(1448).u16(34).u16(16).u16(0);
-    m.put(0x400, &hdr.0);
-    m.desc(tx_desc, 0, 0x400, 12, F_NEXT, 1);
-    m.desc(tx_desc, 1, 0x500, 4000, 0, 0);
+    m.put(0x1000, &hdr.0);
+    m.desc(tx_desc, 0, 0x1000, 12, F_NEXT, 1);
+    m.desc(tx_desc, 1, 0x1100, 4000, 0, 0);
     m.avail(tx_avail, &[0]);
-    m.desc(rx_desc, 0, 0x1000, 1024, F_WRITE, 0);
-    m.desc(0x2200, 0, 0x10000, 0x4000, F_WRITE, 0);
-    m.desc(rx_desc, 1, 0x2200, 16, F_INDIRECT, 0);
+    m.desc(rx_desc, 0, 0x2000, 1024, F_WRITE, 0);
+    m.desc(0x3200, 0, 0x10000, 0x4000, F_WRITE, 0);
+    m.desc(rx_desc, 1, 0x3200, 16, F_INDIRECT, 0);
     m.avail(rx_avail, &[0, 1]);
     let mut e = Encoder::default();
-    header(&mut e, 0b1_0111, &[(60000, 3), (200, 4)]);
+    let offloads = NET_CSUM | NET_GUEST_CSUM | NET_GUEST_TSO4 | NET_HOST_TSO4;
+    header(&mut e, offloads, 1, &[(60012, 3), (212, 4)]);
     e.bytes(&m.0);
     seeds.push(("offloads-tso-indirect", e.0));
 
     // Malformed: a TX chain with a writable buffer, one into the RAM hole, an RX chain with a
-    // readable buffer, an RX chain that loops.
+    // readable buffer, an RX chain that loops; runts from the backend.
     let mut m = Image::default();
-    m.desc(tx_desc, 0, 0x400, 12, F_NEXT, 1);
-    m.desc(tx_desc, 1, 0x500, 100, F_WRITE, 0);
+    m.desc(tx_desc, 0, 0x1000, 12, F_NEXT, 1);
+    m.desc(tx_desc, 1, 0x1100, 100, F_WRITE, 0);
     m.desc(tx_desc, 2, 0x18000, 100, 0, 0);
     m.avail(tx_avail, &[0, 2]);
-    m.desc(rx_desc, 0, 0x1000, 100, 0, 0);
-    m.desc(rx_desc, 1, 0x1000, 100, F_WRITE | F_NEXT, 2);
+    m.desc(rx_desc, 0, 0x2000, 100, 0, 0);
+    m.desc(rx_desc, 1, 0x2000, 100, F_WRITE | F_NEXT, 2);
     m.desc(rx_desc, 2, 0x8100, 100, F_WRITE | F_NEXT, 1);
     m.avail(rx_avail, &[0, 1]);
     let mut e = Encoder::default();
-    header(&mut e, 0, &[(100, 5), (100, 6)]);
+    header(&mut e, 0, 1, &[(0, 7), (11, 8), (112, 5), (112, 6)]);
     e.bytes(&m.0);
-    seeds.push(("malformed", e.0));
+    seeds.push(("malformed-runts", e.0));
+
+    // MRG_RXBUF: a 1,500-byte frame over three 512-byte buffers, then a first buffer too small for
+    // the header (the frame is dropped), a frame over two buffers, and one for which none is left
+    // (it waits).
+    let mut m = Image::default();
+    for i in 0..5u16 {
+        m.desc(rx_desc, i, 0x2000 + 0x200 * u64::from(i), 512, F_WRITE, 0);
+    }
+    m.desc(rx_desc, 5, 0x3000, 8, F_WRITE, 0);
+    m.avail(rx_avail, &[0, 1, 2, 5, 3, 4]);
+    let mut e = Encoder::default();
+    header(
+        &mut e,
+        NET_MRG_RXBUF,
+        1,
+        &[(1512, 9), (112, 10), (712, 11), (2012, 12)],
+    );
+    e.bytes(&m.0);
+    seeds.push(("mrg-rxbuf", e.0));
+
+    // Control queue with MQ: VQ_PAIRS_SET 3 (OK), 5 (more than usable: ERR), 0 (ERR), an unknown
+    // class, a command without a status byte, a status byte without a command; then a frame.
+    let mut m = Image::default();
+    for (i, (cmd, pairs)) in [([4u8, 0], 3u16), ([4, 0], 5), ([4, 0], 0), ([1, 0], 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let i = i as u16;
+        let at = 0x1000 + 0x40 * u64::from(i);
+        m.put(at, &cmd);
+        m.put(at + 2, &pairs.to_le_bytes());
+        m.desc(ctrl_desc, 2 * i, at, 4, F_NEXT, 2 * i + 1);
+        m.desc(ctrl_desc, 2 * i + 1, at + 0x20, 1, F_WRITE, 0);
+    }
+    m.desc(ctrl_desc, 8, 0x1000, 4, 0, 0);
+    m.avail(ctrl_avail, &[0, 2, 4, 6, 8, 1]);
+    m.desc(rx_desc, 0, 0x2000, 4096, F_WRITE, 0);
+    m.avail(rx_avail, &[0]);
+    let mut e = Encoder::default();
+    header(&mut e, NET_MQ | NET_MRG_RXBUF, 4, &[(112, 11)]);
+    e.bytes(&m.0);
+    seeds.push(("ctrl-mq-pairs", e.0));
+
+    // The same commands without MQ negotiated: all refused.
+    let mut m2 = m;
+    m2.avail(ctrl_avail, &[0, 2]);
+    let mut e = Encoder::default();
+    header(&mut e, 0, 2, &[]);
+    e.bytes(&m2.0);
+    seeds.push(("ctrl-no-mq", e.0));
     seeds
 }
 

@@ -15,12 +15,17 @@
 //! answer is in the used ring).
 
 use std::io;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::worker::MAX_DESCRIPTORS;
 use super::TapControl;
+use crate::virtio::{collect_chain, Chain};
 
 /// Command status: done.
 pub const VIRTIO_NET_OK: u8 = 0;
@@ -62,6 +67,59 @@ pub fn parse_command(head: &[u8], readable_len: u64) -> Command {
         }
         _ => Command::Unknown { class, command },
     }
+}
+
+/// What goes in the control queue's used ring for one chain ([`handle_ctrl_chain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtrlAnswer {
+    /// The chain's head.
+    pub head: u16,
+    /// 1 when the status byte was written, 0 for a chain that got no answer.
+    pub len: u32,
+}
+
+/// Runs the command in the control chain `chain` on `states` (`mq`: the driver negotiated MQ)
+/// and writes its status into the chain's first writable byte; `scratch` is reused from chain to
+/// chain. A malformed chain, or one without a writable byte, runs nothing and gets length 0.
+pub fn handle_ctrl_chain<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    states: &PairStates,
+    mq: bool,
+    scratch: &mut Chain,
+) -> CtrlAnswer
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    let mut len = 0;
+    if collect_chain(chain, mem, MAX_DESCRIPTORS, scratch).is_ok() {
+        if let Some(ack) = scratch.writable.first().map(|s| s.addr) {
+            let mut head = [0u8; MAX_COMMAND];
+            let n = gather_prefix(mem, scratch, &mut head);
+            let command = parse_command(&head[..n], scratch.readable_len());
+            let status = states.execute(command, mq);
+            if mem.write_obj(status, ack).is_ok() {
+                len = 1;
+            }
+        }
+    }
+    CtrlAnswer {
+        head: scratch.head,
+        len,
+    }
+}
+
+/// Reads the first `buf.len()` readable bytes of `chain` (fewer if it is shorter); returns how many.
+fn gather_prefix(mem: &GuestMemoryMmap, chain: &Chain, buf: &mut [u8]) -> usize {
+    let mut done = 0usize;
+    for seg in &chain.readable {
+        let n = (seg.len as usize).min(buf.len() - done);
+        if n == 0 || mem.read_slice(&mut buf[done..done + n], seg.addr).is_err() {
+            break;
+        }
+        done += n;
+    }
+    done
 }
 
 struct PairState {

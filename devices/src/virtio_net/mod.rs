@@ -42,6 +42,8 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use header::*;
+pub use rx::{deliver_rx_frame, RxDelivery, RxScratch};
+pub use worker::{gather_tx_frame, TxFrame};
 
 use crate::rate_limiter::SharedRateLimiter;
 use crate::virtio::{
@@ -320,5 +322,7 @@ impl VirtioDevice for VirtioNet {
     }
 }
 
+#[cfg(test)]
+mod chain_tests;
 #[cfg(test)]
 mod tests;

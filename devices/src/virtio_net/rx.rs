@@ -19,7 +19,7 @@
 use std::io::{ErrorKind, Read};
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::header::{
@@ -30,16 +30,261 @@ use super::BATCH;
 use crate::virtio::queue::add_used;
 use crate::virtio::{collect_chain, has_feature, Chain};
 
-/// How delivering one frame went.
-enum Delivery {
+/// How delivering one frame went ([`deliver_rx_frame`]).
+#[derive(Debug)]
+pub enum RxDelivery {
     /// In the used ring, over this many chains.
-    Done { chains: usize },
-    /// Not enough buffers: the frame waits (nothing was used).
+    Done {
+        /// Chains the frame took (1 without MRG_RXBUF).
+        chains: usize,
+    },
+    /// Not enough buffers: the frame waits. Nothing was used, taken chains were put back, and
+    /// notifications are enabled: the driver notifies the queue when it adds a buffer.
     NoBuffers,
-    /// The frame was dropped; its chains were returned with length 0.
-    Dropped,
-    /// The ring is unusable (the queue is marked broken).
-    Broken,
+    /// The frame was dropped; the chains it took were returned with length 0.
+    Dropped {
+        /// Chains returned (at least 1).
+        chains: usize,
+    },
+    /// Shorter than a virtio-net header: not a frame; dropped without touching the ring.
+    Runt,
+    /// The ring is unusable; the caller marks the queue broken.
+    Broken {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        error: virtio_queue::Error,
+    },
+}
+
+/// Buffers [`deliver_rx_frame`] reuses from frame to frame.
+#[derive(Default)]
+pub struct RxScratch {
+    /// The chains one frame is spread over (one without MRG_RXBUF).
+    chains: Vec<Chain>,
+    /// (head, used length) of each of them.
+    used: Vec<(u16, u32)>,
+}
+
+/// Puts `frame` (the 12-byte header the TAP gave, then the Ethernet frame) into the RX buffers
+/// of `queue`, as the driver's `acked` features say (see the module documentation); the header's
+/// `num_buffers` is set, and its other fields cleared for a driver without GUEST_CSUM. Every used
+/// element of the frame appears with one used-index update. The caller interrupts the driver; with
+/// more than one chain it must do so regardless of EVENT_IDX's `used_event` (the queue's
+/// notification accounting did not see every element). The caller has disabled the queue's
+/// notifications; they stay disabled unless the frame has to wait ([`RxDelivery::NoBuffers`]).
+pub fn deliver_rx_frame(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    frame: &mut [u8],
+    acked: u64,
+    scratch: &mut RxScratch,
+) -> RxDelivery {
+    if frame.len() < NET_HDR_LEN {
+        return RxDelivery::Runt;
+    }
+    if !has_feature(acked, VIRTIO_NET_F_GUEST_CSUM) {
+        // Flags and GSO fields must be zero for such a driver.
+        frame[..NUM_BUFFERS_OFFSET].fill(0);
+    }
+    if has_feature(acked, VIRTIO_NET_F_MRG_RXBUF) {
+        deliver_merged(mem, queue, frame, scratch)
+    } else {
+        deliver_single(mem, queue, frame, scratch)
+    }
+}
+
+/// The next available chain; None when the driver has offered no more, in which case the driver
+/// has been asked to notify the queue when it adds the next one (EVENT_IDX: `avail_event` is the
+/// index of the first entry not yet offered, past the chains taken so far).
+fn next_chain<'m>(
+    mem: &'m GuestMemoryMmap,
+    queue: &mut Queue,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, RxDelivery> {
+    loop {
+        match queue.iter(mem) {
+            Ok(mut iter) => {
+                if let Some(chain) = iter.next() {
+                    return Ok(Some(chain));
+                }
+            }
+            Err(error) => {
+                return Err(RxDelivery::Broken {
+                    what: "bad available ring",
+                    error,
+                })
+            }
+        }
+        // `enable_notification` says whether entries past the device's position exist, so it must
+        // run here, before a merged frame's chains are put back: afterwards it would find those and
+        // report buffers that cannot hold the frame (the worker spun on that), and EVENT_IDX's
+        // `avail_event` would lag behind entries the driver already offered, so the driver would
+        // never notify again (an RX stall).
+        match queue.enable_notification(mem) {
+            Ok(true) => {
+                // A buffer came in meanwhile: take it, notifications off again.
+                if let Err(error) = queue.disable_notification(mem) {
+                    return Err(RxDelivery::Broken {
+                        what: "cannot disable notifications",
+                        error,
+                    });
+                }
+            }
+            Ok(false) => return Ok(None),
+            Err(error) => {
+                return Err(RxDelivery::Broken {
+                    what: "cannot enable notifications",
+                    error,
+                })
+            }
+        }
+    }
+}
+
+/// One chain, which must hold the whole frame.
+fn deliver_single(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    frame: &mut [u8],
+    scratch: &mut RxScratch,
+) -> RxDelivery {
+    let chain = match next_chain(mem, queue) {
+        Ok(Some(chain)) => chain,
+        Ok(None) => return RxDelivery::NoBuffers,
+        Err(broken) => return broken,
+    };
+    if scratch.chains.is_empty() {
+        scratch.chains.push(Chain::default());
+    }
+    let c = &mut scratch.chains[0];
+    let fits = collect_chain(chain, mem, MAX_DESCRIPTORS, c).is_ok()
+        && c.readable.is_empty()
+        && c.writable_len() >= frame.len() as u64;
+    let mut used = 0;
+    if fits {
+        frame[NUM_BUFFERS_OFFSET..NET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+        if scatter(mem, c, frame) == Some(frame.len()) {
+            used = frame.len() as u32;
+        }
+    }
+    if let Err(error) = add_used(queue, mem, c.head, used) {
+        return RxDelivery::Broken {
+            what: "cannot add to the used ring",
+            error,
+        };
+    }
+    if used == 0 {
+        RxDelivery::Dropped { chains: 1 }
+    } else {
+        RxDelivery::Done { chains: 1 }
+    }
+}
+
+/// As many chains as the frame needs (MRG_RXBUF).
+fn deliver_merged(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    frame: &mut [u8],
+    scratch: &mut RxScratch,
+) -> RxDelivery {
+    let len = frame.len();
+    let size = queue.size();
+    let mut taken = 0usize;
+    let mut room = 0u64;
+    let mut malformed = false;
+    while room < len as u64 {
+        if taken == usize::from(size) {
+            // A full ring cannot hold it: drop it. (Checked before taking another chain: a driver
+            // adding buffers while the device takes them would otherwise let a frame take more
+            // chains than the used ring has room for.)
+            malformed = true;
+            break;
+        }
+        let chain = match next_chain(mem, queue) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => {
+                // Put the chains back; the driver will add more and notify the queue.
+                for _ in 0..taken {
+                    queue.go_to_previous_position();
+                }
+                return RxDelivery::NoBuffers;
+            }
+            Err(broken) => return broken,
+        };
+        if scratch.chains.len() <= taken {
+            scratch.chains.push(Chain::default());
+        }
+        let c = &mut scratch.chains[taken];
+        let ok = collect_chain(chain, mem, MAX_DESCRIPTORS, c).is_ok()
+            && c.readable.is_empty()
+            && (taken > 0 || c.writable_len() >= NET_HDR_LEN as u64);
+        taken += 1;
+        if !ok {
+            malformed = true;
+            break;
+        }
+        room += c.writable_len();
+    }
+    let chains = &scratch.chains[..taken];
+    let used = &mut scratch.used;
+    used.clear();
+    if malformed {
+        used.extend(chains.iter().map(|c| (c.head, 0u32)));
+    } else {
+        // At most the queue size (256) chains: num_buffers cannot overflow.
+        let n = taken as u16;
+        frame[NUM_BUFFERS_OFFSET..NET_HDR_LEN].copy_from_slice(&n.to_le_bytes());
+        let mut done = 0usize;
+        for c in chains {
+            let wrote = scatter(mem, c, &frame[done..]).unwrap_or(0);
+            done += wrote;
+            used.push((c.head, wrote as u32));
+        }
+        if done != len {
+            malformed = true;
+            used.iter_mut().for_each(|u| u.1 = 0);
+        }
+    }
+    if let Err(error) = publish_used(mem, queue, used) {
+        return RxDelivery::Broken {
+            what: "cannot add to the used ring",
+            error,
+        };
+    }
+    if malformed {
+        RxDelivery::Dropped { chains: taken }
+    } else {
+        RxDelivery::Done { chains: taken }
+    }
+}
+
+/// Adds `used` (head, length) to the used ring with one index update: all elements but the last
+/// are written straight into the ring (invisible to the driver until the index moves), then the
+/// last goes through `add_used`, whose release store of the index publishes them all.
+fn publish_used(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    used: &[(u16, u32)],
+) -> Result<(), virtio_queue::Error> {
+    let Some((&(last_head, last_len), rest)) = used.split_last() else {
+        return Ok(());
+    };
+    let size = queue.size();
+    let base = queue.next_used();
+    let ring = queue.used_ring();
+    for (k, (head, len)) in rest.iter().enumerate() {
+        let slot = u64::from(base.wrapping_add(k as u16) % size);
+        let addr = ring
+            .checked_add(4 + 8 * slot)
+            .ok_or(virtio_queue::Error::AddressOverflow)?;
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(*head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&elem, GuestAddress(addr))
+            .map_err(virtio_queue::Error::GuestMemory)?;
+    }
+    queue.set_next_used(base.wrapping_add(rest.len() as u16));
+    add_used(queue, mem, last_head, last_len)
 }
 
 impl PairWorker {
@@ -88,35 +333,34 @@ impl PairWorker {
                 pending.charged = true;
                 self.rx_pending = Some(pending);
             }
-            match self.deliver(pending.len) {
-                Delivery::Done { chains } => {
+            let delivery = deliver_rx_frame(
+                &self.mem,
+                &mut self.rx.q.queue,
+                &mut self.frame[..pending.len],
+                self.acked,
+                &mut self.rx_scratch,
+            );
+            match delivery {
+                RxDelivery::Done { chains } => {
                     self.rx_pending = None;
                     added = true;
                     merged |= chains > 1;
                     count += 1;
                 }
-                Delivery::Dropped => {
+                RxDelivery::Dropped { .. } => {
                     self.rx_pending = None;
                     added = true;
                     count += 1;
                 }
-                Delivery::NoBuffers => {
-                    // Keep the frame; stop watching the TAP until the driver adds buffers.
-                    match self.rx.q.queue.enable_notification(&self.mem) {
-                        Ok(true) => {
-                            if let Err(e) = self.rx.q.queue.disable_notification(&self.mem) {
-                                return self.broken(Which::Rx, "cannot disable notifications", e);
-                            }
-                            continue;
-                        }
-                        Ok(false) => {
-                            self.poll_tap(false);
-                            break;
-                        }
-                        Err(e) => return self.broken(Which::Rx, "cannot enable notifications", e),
-                    }
+                // next_frame never keeps one; nothing was used.
+                RxDelivery::Runt => self.rx_pending = None,
+                RxDelivery::NoBuffers => {
+                    // Keep the frame; stop watching the TAP until the driver adds buffers (its
+                    // notification brings the worker back).
+                    self.poll_tap(false);
+                    break;
                 }
-                Delivery::Broken => return,
+                RxDelivery::Broken { what, error } => return self.broken(Which::Rx, what, error),
             }
         }
         if added {
@@ -164,146 +408,6 @@ impl PairWorker {
         log::warn!("virtio-net: cannot read the TAP ({why}); receiving stops until a device reset");
         self.tap_dead = true;
         self.poll_tap(false);
-    }
-
-    /// Puts the frame in `self.frame[..len]` into RX buffers.
-    fn deliver(&mut self, len: usize) -> Delivery {
-        if !has_feature(self.acked, VIRTIO_NET_F_GUEST_CSUM) {
-            // Flags and GSO fields must be zero for such a driver.
-            self.frame[..NUM_BUFFERS_OFFSET].fill(0);
-        }
-        if has_feature(self.acked, VIRTIO_NET_F_MRG_RXBUF) {
-            self.deliver_merged(len)
-        } else {
-            self.deliver_single(len)
-        }
-    }
-
-    fn deliver_single(&mut self, len: usize) -> Delivery {
-        let chain = match self.rx.q.queue.iter(&self.mem) {
-            Ok(mut iter) => iter.next(),
-            Err(e) => {
-                self.broken(Which::Rx, "bad available ring", e);
-                return Delivery::Broken;
-            }
-        };
-        let Some(chain) = chain else {
-            return Delivery::NoBuffers;
-        };
-        let fits = collect_chain(chain, &self.mem, MAX_DESCRIPTORS, &mut self.chain).is_ok()
-            && self.chain.readable.is_empty()
-            && self.chain.writable_len() >= len as u64;
-        let mut used = 0;
-        if fits {
-            self.frame[NUM_BUFFERS_OFFSET..NET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
-            if scatter(&self.mem, &self.chain, &self.frame[..len]) == Some(len) {
-                used = len as u32;
-            }
-        }
-        let head = self.chain.head;
-        if let Err(e) = add_used(&mut self.rx.q.queue, &self.mem, head, used) {
-            self.broken(Which::Rx, "cannot add to the used ring", e);
-            return Delivery::Broken;
-        }
-        if used == 0 {
-            Delivery::Dropped
-        } else {
-            Delivery::Done { chains: 1 }
-        }
-    }
-
-    fn deliver_merged(&mut self, len: usize) -> Delivery {
-        let size = self.rx.q.queue.size();
-        let mut taken = 0usize;
-        let mut room = 0u64;
-        let mut malformed = false;
-        while room < len as u64 {
-            let chain = match self.rx.q.queue.iter(&self.mem) {
-                Ok(mut iter) => iter.next(),
-                Err(e) => {
-                    self.broken(Which::Rx, "bad available ring", e);
-                    return Delivery::Broken;
-                }
-            };
-            let Some(chain) = chain else {
-                if taken < usize::from(size) {
-                    // Put the chains back; the driver will add more.
-                    for _ in 0..taken {
-                        self.rx.q.queue.go_to_previous_position();
-                    }
-                    return Delivery::NoBuffers;
-                }
-                // A full ring cannot hold it: drop it.
-                malformed = true;
-                break;
-            };
-            if self.rx_chains.len() <= taken {
-                self.rx_chains.push(Chain::default());
-            }
-            let c = &mut self.rx_chains[taken];
-            let ok = collect_chain(chain, &self.mem, MAX_DESCRIPTORS, c).is_ok()
-                && c.readable.is_empty()
-                && (taken > 0 || c.writable_len() >= NET_HDR_LEN as u64);
-            taken += 1;
-            if !ok {
-                malformed = true;
-                break;
-            }
-            room += c.writable_len();
-        }
-        let mut used = Vec::with_capacity(taken);
-        if malformed {
-            used.extend(self.rx_chains[..taken].iter().map(|c| (c.head, 0u32)));
-        } else {
-            let n = taken as u16;
-            self.frame[NUM_BUFFERS_OFFSET..NET_HDR_LEN].copy_from_slice(&n.to_le_bytes());
-            let mut done = 0usize;
-            for c in &self.rx_chains[..taken] {
-                let wrote = scatter(&self.mem, c, &self.frame[done..len]).unwrap_or(0);
-                done += wrote;
-                used.push((c.head, wrote as u32));
-            }
-            if done != len {
-                malformed = true;
-                used.iter_mut().for_each(|u| u.1 = 0);
-            }
-        }
-        if let Err(e) = self.publish_used(&used) {
-            self.broken(Which::Rx, "cannot add to the used ring", e);
-            return Delivery::Broken;
-        }
-        if malformed {
-            Delivery::Dropped
-        } else {
-            Delivery::Done { chains: taken }
-        }
-    }
-
-    /// Adds `used` (head, length) to the RX used ring with one index update: all elements but the
-    /// last are written straight into the ring (invisible to the driver until the index moves),
-    /// then the last goes through `add_used`, whose release store of the index publishes them all.
-    fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(), virtio_queue::Error> {
-        let Some((&(last_head, last_len), rest)) = used.split_last() else {
-            return Ok(());
-        };
-        let queue = &mut self.rx.q.queue;
-        let size = queue.size();
-        let base = queue.next_used();
-        let ring = queue.used_ring();
-        for (k, (head, len)) in rest.iter().enumerate() {
-            let slot = u64::from(base.wrapping_add(k as u16) % size);
-            let addr = ring
-                .checked_add(4 + 8 * slot)
-                .ok_or(virtio_queue::Error::AddressOverflow)?;
-            let mut elem = [0u8; 8];
-            elem[..4].copy_from_slice(&u32::from(*head).to_le_bytes());
-            elem[4..].copy_from_slice(&len.to_le_bytes());
-            self.mem
-                .write_slice(&elem, GuestAddress(addr))
-                .map_err(virtio_queue::Error::GuestMemory)?;
-        }
-        queue.set_next_used(base.wrapping_add(rest.len() as u16));
-        add_used(queue, &self.mem, last_head, last_len)
     }
 }
 

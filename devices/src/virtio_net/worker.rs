@@ -11,17 +11,19 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::ctrl::{parse_command, PairStates, MAX_COMMAND};
+use super::ctrl::{handle_ctrl_chain, PairStates};
 use super::header::{fix_tx_header, NET_HDR_LEN, VIRTIO_NET_F_MQ};
+use super::rx::RxScratch;
 use super::{NetRateLimits, BATCH, MAX_FRAME};
 use crate::rate_limiter::{LimiterChain, MonotonicClock, RateLimiter};
 use crate::virtio::queue::add_used;
@@ -103,8 +105,8 @@ pub(super) struct PairWorker {
     /// A TX frame the limiter refused: its chain's head and its length with the header.
     pub tx_pending: Option<(u16, usize)>,
     pub chain: Chain,
-    /// The chains one merged RX frame is spread over (MRG_RXBUF).
-    pub rx_chains: Vec<Chain>,
+    /// What RX delivery reuses (the chains a merged frame is spread over).
+    pub rx_scratch: RxScratch,
     pub rx_limiter: Option<LimiterChain>,
     pub tx_limiter: Option<LimiterChain>,
 }
@@ -175,7 +177,7 @@ impl PairWorker {
             tx_frame: vec![0; NET_HDR_LEN + MAX_FRAME],
             tx_pending: None,
             chain: Chain::default(),
-            rx_chains: Vec::new(),
+            rx_scratch: RxScratch::default(),
             rx_limiter,
             tx_limiter,
         })
@@ -329,14 +331,14 @@ impl PairWorker {
                         let Some(chain) = chain else {
                             break;
                         };
-                        let len =
-                            match collect_chain(chain, &self.mem, MAX_DESCRIPTORS, &mut self.chain)
-                            {
-                                Ok(()) => gather(&self.mem, &self.chain, &mut self.tx_frame),
-                                Err(_) => None,
-                            };
-                        let len = len.filter(|_| fix_tx_header(&mut self.tx_frame, self.acked));
-                        (self.chain.head, len.unwrap_or(0))
+                        let tx = gather_tx_frame(
+                            &self.mem,
+                            chain,
+                            self.acked,
+                            &mut self.chain,
+                            &mut self.tx_frame,
+                        );
+                        (tx.head, tx.len.unwrap_or(0))
                     }
                 };
                 if len > 0 {
@@ -394,23 +396,11 @@ impl PairWorker {
             let Some(chain) = chain else {
                 break;
             };
-            let mut used = 0;
-            if collect_chain(chain, &self.mem, MAX_DESCRIPTORS, &mut self.chain).is_ok() {
-                if let Some(ack) = self.chain.writable.first().map(|s| s.addr) {
-                    let mut head = [0u8; MAX_COMMAND];
-                    let n = gather_prefix(&self.mem, &self.chain, &mut head);
-                    let command = parse_command(&head[..n], self.chain.readable_len());
-                    let status = self.states.execute(command, mq);
-                    if self.mem.write_obj(status, ack).is_ok() {
-                        used = 1;
-                    }
-                }
-            }
-            let head = self.chain.head;
+            let answer = handle_ctrl_chain(&self.mem, chain, &self.states, mq, &mut self.chain);
             let Some(ctrl) = self.ctrl.as_mut() else {
                 return;
             };
-            if let Err(e) = add_used(&mut ctrl.q.queue, &self.mem, head, used) {
+            if let Err(e) = add_used(&mut ctrl.q.queue, &self.mem, answer.head, answer.len) {
                 return self.broken(Which::Ctrl, "cannot add to the used ring", e);
             }
             added = true;
@@ -421,8 +411,41 @@ impl PairWorker {
     }
 }
 
+/// A TX chain, gathered ([`gather_tx_frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxFrame {
+    /// The chain's head (what goes back in the used ring, always with length 0).
+    pub head: u16,
+    /// The frame's length with its header, in the caller's buffer; None when the chain is not a
+    /// frame to send (malformed, or using an offload the driver did not negotiate).
+    pub len: Option<usize>,
+}
+
+/// Gathers the TX chain `chain` (header and frame) into `frame` and checks its header against the
+/// driver's `acked` features ([`fix_tx_header`]); `scratch` is reused from chain to chain.
+/// `frame` should hold a header and [`MAX_FRAME`] bytes: longer chains are refused.
+pub fn gather_tx_frame<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    acked: u64,
+    scratch: &mut Chain,
+    frame: &mut [u8],
+) -> TxFrame
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    let len = match collect_chain(chain, mem, MAX_DESCRIPTORS, scratch) {
+        Ok(()) => gather(mem, scratch, frame),
+        Err(_) => None,
+    };
+    TxFrame {
+        head: scratch.head,
+        len: len.filter(|_| fix_tx_header(frame, acked)),
+    }
+}
+
 /// Gathers a TX chain (header and frame, device-readable only) into `buf`; None when the chain is
-/// not a frame: writable buffers, shorter than a header, longer than a header plus [`MAX_FRAME`].
+/// not a frame: writable buffers, shorter than a header, longer than `buf`.
 pub(super) fn gather(mem: &GuestMemoryMmap, chain: &Chain, buf: &mut [u8]) -> Option<usize> {
     let total = chain.readable_len();
     if !chain.writable.is_empty() || total < NET_HDR_LEN as u64 || total > buf.len() as u64 {
@@ -435,17 +458,4 @@ pub(super) fn gather(mem: &GuestMemoryMmap, chain: &Chain, buf: &mut [u8]) -> Op
         done += n;
     }
     Some(done)
-}
-
-/// Reads the first `buf.len()` readable bytes of `chain` (fewer if it is shorter); returns how many.
-fn gather_prefix(mem: &GuestMemoryMmap, chain: &Chain, buf: &mut [u8]) -> usize {
-    let mut done = 0usize;
-    for seg in &chain.readable {
-        let n = (seg.len as usize).min(buf.len() - done);
-        if n == 0 || mem.read_slice(&mut buf[done..done + n], seg.addr).is_err() {
-            break;
-        }
-        done += n;
-    }
-    done
 }
