@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    boot_probe, kvm_available, probe, run_flint, scratch_path, spawn_flint, wait_with_timeout,
+    boot_probe, kvm_available, probe, run_flint, run_probe, scratch_path, spawn_flint,
+    wait_with_timeout,
 };
 
 const MIB: u64 = 1 << 20;
@@ -305,17 +306,7 @@ fn start_up_and_boot_times_are_logged() {
     if !kvm_available() {
         return;
     }
-    let kernel = probe("boot");
-    let run = run_flint(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--log-level",
-            "info",
-        ],
-        Duration::from_secs(60),
-    );
+    let run = run_probe("boot", &["--log-level", "info"], Duration::from_secs(60));
     assert!(run.status.success(), "{}", run.stderr);
     assert!(run.stderr.contains("VMM start-up:"), "{}", run.stderr);
     assert!(run.stderr.contains("guest boot marker:"), "{}", run.stderr);

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{kvm_available, probe, scratch_path, spawn_flint, ProbeReport, Run};
+use common::{kvm_available, probe, scratch_disk, spawn_flint, ProbeReport, Run};
 
 /// Every case the probe reports (one PROBE line each).
 const CASES: &[&str] = &[
@@ -83,14 +83,6 @@ const FLOOD_REP_KIB: usize = 128;
 const MAX_RSS_GROWTH_KIB: u64 = 48 * 1024;
 /// CPU time the VMM may use in one second while the guest is halted.
 const MAX_IDLE_CPU: Duration = Duration::from_millis(100);
-
-fn scratch_disk(name: &str, size: u64) -> std::path::PathBuf {
-    let path = scratch_path(name);
-    let _ = std::fs::remove_file(&path);
-    let f = std::fs::File::create(&path).expect("create the disk file");
-    f.set_len(size).expect("size the disk file");
-    path
-}
 
 /// A `/proc/PID/status` field in KiB (VmRSS, VmHWM).
 fn status_kib(pid: u32, field: &str) -> Option<u64> {

@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{in_ci, kvm_available, run_flint, scratch_path};
+use common::{in_ci, kvm_available, run_flint, scratch_disk, scratch_path};
 
 fn guest_images() -> Option<PathBuf> {
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest-images/out");
@@ -35,6 +35,12 @@ fn guest_images() -> Option<PathBuf> {
     None
 }
 
+/// The guest images' kernel command line (guest-images/out/cmdline.txt) with `extra` appended.
+fn linux_cmdline(out: &Path, extra: &str) -> String {
+    let base = std::fs::read_to_string(out.join("cmdline.txt")).expect("cmdline.txt");
+    format!("{} {extra}", base.trim())
+}
+
 /// Asserts that the console has a `key` line whose value is `want`.
 fn assert_line(console: &str, key: &str, want: &str, context: &dyn Fn() -> String) {
     assert_eq!(line_value(console, key), Some(want), "{key}\n{}", context());
@@ -54,8 +60,7 @@ fn boot_linux_with_initramfs(kernel_file: &str) -> Option<String> {
         return None;
     }
     let out = guest_images()?;
-    let base_cmdline = std::fs::read_to_string(out.join("cmdline.txt")).expect("cmdline.txt");
-    let cmdline = format!("{} flint.test=smoke-7f3a", base_cmdline.trim());
+    let cmdline = linux_cmdline(&out, "flint.test=smoke-7f3a");
     let kernel = out.join(kernel_file);
     let initrd = out.join("initramfs.cpio");
     let run = run_flint(
@@ -161,10 +166,9 @@ fn linux_boots_with_its_root_filesystem_on_nvme() {
     // The guest writes to its root filesystem: give it a copy.
     let disk = scratch_path("linux-root-nvme.ext4");
     std::fs::copy(out.join("rootfs.ext4"), &disk).expect("copy rootfs.ext4");
-    let base_cmdline = std::fs::read_to_string(out.join("cmdline.txt")).expect("cmdline.txt");
-    let cmdline = format!(
-        "{} root=/dev/nvme0n1 rw rootfstype=ext4 flint.test=nvme-root-51c2",
-        base_cmdline.trim()
+    let cmdline = linux_cmdline(
+        &out,
+        "root=/dev/nvme0n1 rw rootfstype=ext4 flint.test=nvme-root-51c2",
     );
     let kernel = out.join("vmlinux");
     let volume = format!("path={},id=vol-0abcdef0123456789,name=sdf", disk.display());
@@ -371,16 +375,12 @@ fn linux_drives_virtio_net_and_virtio_blk() {
 
     let read_only = scratch_path("linux-io-readonly.img");
     std::fs::write(&read_only, vec![0u8; 8 << 20]).expect("create the read-only disk");
-    let writable = scratch_path("linux-io-writable.img");
     let writable_len = (bytes as u64 + (1 << 20)).next_multiple_of(1 << 20);
-    let file = std::fs::File::create(&writable).expect("create the writable disk");
-    file.set_len(writable_len).expect("size the writable disk");
-    drop(file);
+    let writable = scratch_disk("linux-io-writable.img", writable_len);
 
-    let base_cmdline = std::fs::read_to_string(out.join("cmdline.txt")).expect("cmdline.txt");
-    let cmdline = format!(
-        "{} flint.io=10.77.0.2/24,10.77.0.1,{bytes},vdb",
-        base_cmdline.trim()
+    let cmdline = linux_cmdline(
+        &out,
+        &format!("flint.io=10.77.0.2/24,10.77.0.1,{bytes},vdb"),
     );
     let kernel = out.join("vmlinux");
     let initrd = out.join("initramfs.cpio");

@@ -21,28 +21,15 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::bench::{assert_window_rate, end_seconds, rates, slices, switch_seconds, Slice};
 use common::netns::{net_available, NetNs};
-use common::{kvm_available, probe, ProbeReport};
+use common::{kvm_available, probe};
 
 /// One VM at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// c5.large: network baseline 750 Mbit/s, in bytes/s.
 const C5_LARGE_BASELINE: f64 = 750e6 / 8.0;
-
-/// One `bench_tx_slice_<i>` line.
-#[derive(Debug, Clone, Copy)]
-struct Slice {
-    start_us: u64,
-    us: u64,
-    bytes: u64,
-}
-
-impl Slice {
-    fn rate(&self) -> f64 {
-        self.bytes as f64 * 1e6 / self.us.max(1) as f64
-    }
-}
 
 /// Sends `size`-byte frames (to the guest's MAC, ethertype 0x88B5) into TAP `tap` at `rate` bytes/s
 /// for `seconds`, 16 at a time; a full TAP queue just drops them.
@@ -126,73 +113,7 @@ fn bench(direction: Direction, flint_args: &[&str]) -> Vec<Slice> {
         let _ = sender.kill();
         let _ = sender.wait();
     }
-    let report = run.probe();
-    report.assert_all_passed(&run);
-    assert!(
-        run.status.success(),
-        "flint: {:?}\n{}",
-        run.status,
-        run.stderr
-    );
-    slices(&report, name)
-}
-
-fn slices(report: &ProbeReport, name: &str) -> Vec<Slice> {
-    let field = |line: &str, name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-    };
-    let summary = report
-        .info(name)
-        .unwrap_or_else(|| panic!("no PROBE-INFO {name}"));
-    assert!(!summary.contains("stalled"), "{summary}");
-    let mut slices = Vec::new();
-    while let Some(line) = report.info(&format!("{name}_slice_{}", slices.len())) {
-        slices.push(Slice {
-            start_us: field(line, "start_us"),
-            us: field(line, "us"),
-            bytes: field(line, "bytes"),
-        });
-    }
-    let total: u64 = slices.iter().map(|s| s.bytes).sum();
-    assert_eq!(total, field(summary, "bytes"), "the slices do not add up");
-    let rates: Vec<String> = slices
-        .iter()
-        .map(|s| format!("{:.2}s:{:.1}", s.start_us as f64 / 1e6, s.rate() / 1e6))
-        .collect();
-    eprintln!("MB/s per slice (start:rate): {}", rates.join(" "));
-    slices
-}
-
-/// The slices lying wholly inside [from, to] seconds: (bytes per second, seconds covered).
-fn window(slices: &[Slice], from: f64, to: f64) -> (f64, f64) {
-    let (from, to) = ((from * 1e6) as u64, (to * 1e6) as u64);
-    let inside = slices
-        .iter()
-        .filter(|s| s.start_us >= from && s.start_us + s.us <= to);
-    let bytes: u64 = inside.clone().map(|s| s.bytes).sum();
-    let us: u64 = inside.map(|s| s.us).sum::<u64>().max(1);
-    (bytes as f64 * 1e6 / us as f64, us as f64 / 1e6)
-}
-
-fn assert_rate(what: &str, (rate, seconds): (f64, f64), expected: f64) {
-    assert!(
-        seconds >= 2.0,
-        "{what}: measured over {seconds:.2} s, want at least 2 s"
-    );
-    let error = (rate - expected) / expected;
-    eprintln!(
-        "{what}: {:.2} MB/s over {seconds:.2} s ({:+.1}%)",
-        rate / 1e6,
-        error * 100.0
-    );
-    assert!(
-        error.abs() <= 0.10,
-        "{what}: {rate:.0} B/s over {seconds:.2} s, want {expected:.0} ±10% ({:+.1}%)",
-        error * 100.0
-    );
+    slices(&run.assert_probe_passed(), name)
 }
 
 /// "Up to" network bandwidth over time: with a 750:1600 Mbit/s cap and `--net-burst-seconds 3` the
@@ -225,24 +146,15 @@ fn maximum_then_baseline(direction: Direction) {
     );
     let maximum = 1600e6 / 8.0;
     let midpoint = (maximum + C5_LARGE_BASELINE) / 2.0;
-    let first_slow = (1..slices.len().saturating_sub(1))
-        .find(|&i| slices[i].rate() < midpoint && slices[i + 1].rate() < midpoint)
-        .unwrap_or_else(|| panic!("never two slices below {midpoint:.0} B/s in a row"));
-    let switch = slices[first_slow].start_us as f64 / 1e6;
+    let switch = switch_seconds(&slices, midpoint);
     assert!(
         (2.75..=5.0).contains(&switch),
-        "the maximum ended at {switch:.2} s, want 2.75-5 s (318.75 MB of credits at 106.25 MB/s)"
+        "the maximum ended at {switch:.2} s, want 2.75-5 s (318.75 MB of credits at 106.25 MB/s): {}",
+        rates(&slices)
     );
-    // The last slice is the drain after the guest stopped sending: left out.
-    let end = slices[..slices.len() - 1]
-        .last()
-        .map_or(0.0, |s| (s.start_us + s.us) as f64 / 1e6);
-    assert_rate("maximum", window(&slices, 0.25, switch - 0.25), maximum);
-    assert_rate(
-        "baseline",
-        window(&slices, switch + 0.5, end),
-        C5_LARGE_BASELINE,
-    );
+    assert_window_rate("maximum", &slices, 0.25, switch - 0.25, maximum);
+    let end = end_seconds(&slices);
+    assert_window_rate("baseline", &slices, switch + 0.5, end, C5_LARGE_BASELINE);
 }
 
 /// A c5.large without burst credits sends at its 750 Mbit/s network baseline and no faster.
@@ -256,9 +168,7 @@ fn net_tx_c5_large_baseline_without_credits() {
         Direction::Tx,
         &["--instance-type", "c5.large", "--net-burst-seconds", "0"],
     );
-    let end = slices[..slices.len() - 1]
-        .last()
-        .map_or(0.0, |s| (s.start_us + s.us) as f64 / 1e6);
     // The first slice holds the full bucket (50 ms of the baseline): left out.
-    assert_rate("baseline", window(&slices, 0.25, end), C5_LARGE_BASELINE);
+    let end = end_seconds(&slices);
+    assert_window_rate("baseline", &slices, 0.25, end, C5_LARGE_BASELINE);
 }

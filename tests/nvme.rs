@@ -24,7 +24,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, boot_probe, kvm_available, probe, scratch_path, ProbeReport};
+use common::{
+    assert_one_line_error, boot_probe, kvm_available, probe, scratch_disk, scratch_path,
+    ProbeReport,
+};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -62,15 +65,6 @@ fn expected_image(size: u64, c: u32) -> Vec<u8> {
         fill_pattern(&mut image, offset, len, c);
     }
     image
-}
-
-/// A disk file of `size` bytes (sparse, all zeroes) under the test's scratch directory.
-fn fresh_disk(name: &str, size: u64) -> std::path::PathBuf {
-    let path = scratch_path(name);
-    let _ = std::fs::remove_file(&path);
-    let file = std::fs::File::create(&path).expect("create disk file");
-    file.set_len(size).expect("size disk file");
-    path
 }
 
 /// Compares the disk file with `want`, naming the first differing byte and the range it is in.
@@ -162,7 +156,7 @@ fn nvme_probe_read_write() {
         return;
     }
     let size = 64 * MIB;
-    let disk = fresh_disk("nvme-rw.img", size);
+    let disk = scratch_disk("nvme-rw.img", size);
     let volume = format!("path={},id=vol-0123456789abcdef0,name=sdf", disk.display());
     let report = boot_probe(
         "nvme",
@@ -200,7 +194,7 @@ fn nvme_probe_read_only() {
         return;
     }
     let size = 64 * MIB;
-    let disk = fresh_disk("nvme-ro.img", size);
+    let disk = scratch_disk("nvme-ro.img", size);
     // The probe verifies its reads against the pattern, over all of R0..R5 (R5 is 12 KiB).
     let mut image = vec![0u8; size as usize];
     for (_, offset, len) in pattern_ranges(size) {
@@ -249,8 +243,8 @@ fn nvme_probe_two_volumes() {
         return;
     }
     let (size0, size1) = (64 * MIB, 32 * MIB);
-    let disk0 = fresh_disk("nvme-two-0.img", size0);
-    let disk1 = fresh_disk("nvme-two-1.img", size1);
+    let disk0 = scratch_disk("nvme-two-0.img", size0);
+    let disk1 = scratch_disk("nvme-two-1.img", size1);
     let volume0 = format!("path={},id=vol-0123456789abcdef0,name=sdf", disk0.display());
     let volume1 = format!(
         "path={},id=vol-0fedcba9876543210,name=sdg,block_size=4096",
@@ -284,7 +278,7 @@ fn nvme_probe_4k_blocks() {
         return;
     }
     let size = 64 * MIB;
-    let disk = fresh_disk("nvme-4k.img", size);
+    let disk = scratch_disk("nvme-4k.img", size);
     let volume = format!(
         "path={},id=vol-0123456789abcdef0,name=sdf,block_size=4096",
         disk.display()
@@ -328,7 +322,7 @@ fn nvme_bad_volumes() {
     let dir = scratch_path("nvme-dir");
     std::fs::create_dir_all(&dir).unwrap();
     run(&format!("path={}", dir.display()), "Is a directory");
-    let disk = fresh_disk("nvme-bad.img", MIB);
+    let disk = scratch_disk("nvme-bad.img", MIB);
     let disk = disk.display();
     run(&format!("path={disk},id=vol-XYZ"), "volume id \"vol-XYZ\"");
     run(&format!("path={disk},block_size=1024"), "512 or 4096");

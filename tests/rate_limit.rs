@@ -21,7 +21,11 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{kvm_available, probe, run_flint, scratch_path, ProbeReport};
+use common::bench::{
+    assert_rate, assert_window_rate, end_seconds, field, rates, slices, switch_seconds, Phase,
+    Slice,
+};
+use common::{kvm_available, run_probe, scratch_disk, scratch_path, ProbeReport};
 
 /// One VM at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -29,75 +33,27 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// c5.large (launch figures): EBS baseline 650 Mbps, in bytes/s.
 const C5_LARGE_BASELINE: f64 = 650e6 / 8.0;
 
-/// One benchmark phase as the guest measured it.
-#[derive(Debug, Clone, Copy)]
-struct Phase {
-    ops: u64,
-    bytes: u64,
-    us: u64,
-}
-
-impl Phase {
-    fn seconds(&self) -> f64 {
-        self.us as f64 / 1e6
-    }
-    fn bytes_per_second(&self) -> f64 {
-        self.bytes as f64 / self.seconds()
-    }
-    fn ops_per_second(&self) -> f64 {
-        self.ops as f64 / self.seconds()
-    }
-}
-
+/// Benchmark phase `key` as the guest measured it (it must have run without errors or stalls).
 fn phase(report: &ProbeReport, key: &str) -> Phase {
     let line = report
         .info(key)
         .unwrap_or_else(|| panic!("no PROBE-INFO {key}: {:?}", report.info));
-    let field = |name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{key}: no {name} in {line:?}"))
-    };
     assert!(!line.contains("stalled"), "{key} stalled: {line}");
-    assert_eq!(field("errors"), 0, "{key}: {line}");
+    assert_eq!(field(line, "errors"), 0, "{key}: {line}");
     Phase {
-        ops: field("ops"),
-        bytes: field("bytes"),
-        us: field("us"),
+        ops: field(line, "ops"),
+        bytes: field(line, "bytes"),
+        us: field(line, "us"),
     }
-}
-
-fn assert_rate(what: &str, phase: Phase, actual: f64, expected: f64) {
-    assert!(
-        phase.seconds() >= 2.0,
-        "{what}: measured over {:.2} s, want at least 2 s ({phase:?})",
-        phase.seconds()
-    );
-    let error = (actual - expected) / expected;
-    assert!(
-        error.abs() <= 0.10,
-        "{what}: {actual:.0}/s over {:.2} s, want {expected:.0}/s ±10% ({:+.1}%)",
-        phase.seconds(),
-        error * 100.0
-    );
 }
 
 /// Boots the NVMe probe with one fresh 1 GiB volume (`volume_opts` appended to its spec) and the
 /// benchmark on, and returns the report.
 fn bench(name: &str, flint_args: &[&str], volume_opts: &str, bench_ops: u32) -> ProbeReport {
-    let disk = scratch_path(&format!("rate-limit-{name}.img"));
-    let _ = std::fs::remove_file(&disk);
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(1 << 30))
-        .expect("create the volume");
-    let kernel = probe("nvme");
+    let disk = scratch_disk(&format!("rate-limit-{name}.img"), 1 << 30);
     let volume = format!("path={}{volume_opts}", disk.display());
     let cmdline = format!("bench=1 bench_ops={bench_ops} exit=reset");
     let mut args = vec![
-        "run",
-        "--kernel",
-        kernel.to_str().expect("utf-8 path"),
         "--cmdline",
         &cmdline,
         "--memory",
@@ -108,29 +64,13 @@ fn bench(name: &str, flint_args: &[&str], volume_opts: &str, bench_ops: u32) -> 
         &volume,
     ];
     args.extend_from_slice(flint_args);
-    let run = run_flint(&args, Duration::from_secs(300));
-    let report = run.probe();
-    report.assert_all_passed(&run);
-    assert!(
-        run.status.success(),
-        "flint: {:?}\n{}",
-        run.status,
-        run.stderr
-    );
+    let report = run_probe("nvme", &args, Duration::from_secs(300)).assert_probe_passed();
     let _ = std::fs::remove_file(&disk);
     report
 }
 
 /// c5.large (launch figures): EBS maximum 2,250 Mbps, in bytes/s.
 const C5_LARGE_MAXIMUM: f64 = 2250e6 / 8.0;
-
-/// One `bench_seqwrite_slice_<i>` line: a slice of the probe's timed sequential writes.
-#[derive(Debug, Clone, Copy)]
-struct Slice {
-    start_us: u64,
-    us: u64,
-    bytes: u64,
-}
 
 /// The slices of a `bench=seqwrite` run, in order; checks the run's summary first.
 fn seqwrite_slices(report: &ProbeReport) -> Vec<Slice> {
@@ -139,36 +79,7 @@ fn seqwrite_slices(report: &ProbeReport) -> Vec<Slice> {
         report.passed("bench_seqwrite"),
         "PROBE bench_seqwrite did not pass: {summary:?}"
     );
-    let mut slices = Vec::new();
-    while let Some(line) = report.info(&format!("bench_seqwrite_slice_{}", slices.len())) {
-        let field = |name: &str| -> u64 {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("slice {}: no {name} in {line:?}", slices.len()))
-        };
-        slices.push(Slice {
-            start_us: field("start_us"),
-            us: field("us"),
-            bytes: field("bytes"),
-        });
-    }
-    let total: u64 = slices.iter().map(|s| s.bytes).sum();
-    assert_eq!(total, summary.bytes, "the slices do not add up: {slices:?}");
-    slices
-}
-
-/// The slices lying wholly inside [from, to] seconds of the run, added up into one phase.
-fn window(slices: &[Slice], from: f64, to: f64) -> Phase {
-    let (from, to) = ((from * 1e6) as u64, (to * 1e6) as u64);
-    let inside = slices
-        .iter()
-        .filter(|s| s.start_us >= from && s.start_us + s.us <= to);
-    Phase {
-        ops: 0,
-        bytes: inside.clone().map(|s| s.bytes).sum(),
-        us: inside.map(|s| s.us).sum::<u64>().max(1),
-    }
+    slices(report, "bench_seqwrite")
 }
 
 /// "Up to" bandwidth over time: a c5.large with `--ebs-burst-seconds 3` starts with a credit balance
@@ -215,13 +126,10 @@ fn ebs_maximum_then_baseline_with_a_small_credit_balance() {
         }
         f.sync_all().expect("sync the volume");
     }
-    let kernel = probe("nvme");
     let volume = format!("path={}", disk.display());
-    let run = run_flint(
+    let run = run_probe(
+        "nvme",
         &[
-            "run",
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
             "--cmdline",
             "bench=seqwrite bench_seconds=9 bench_xfer_kib=512 bench_qd=8 bench_slice_ms=250 exit=reset",
             "--memory",
@@ -238,55 +146,16 @@ fn ebs_maximum_then_baseline_with_a_small_credit_balance() {
         Duration::from_secs(120),
     );
     let _ = std::fs::remove_file(&disk);
-    let report = run.probe();
-    report.assert_all_passed(&run);
-    assert!(
-        run.status.success(),
-        "flint: {:?}\n{}",
-        run.status,
-        run.stderr
-    );
-    let slices = seqwrite_slices(&report);
-    let rates: Vec<String> = slices
-        .iter()
-        .map(|s| {
-            format!(
-                "{:.2}s:{:.0}",
-                s.start_us as f64 / 1e6,
-                s.bytes as f64 / s.us.max(1) as f64
-            )
-        })
-        .collect();
-    eprintln!("MB/s per slice (start:rate): {}", rates.join(" "));
-    let rate = |s: &Slice| s.bytes as f64 * 1e6 / s.us.max(1) as f64;
-    let midpoint = (C5_LARGE_MAXIMUM + C5_LARGE_BASELINE) / 2.0;
-    // The switch: the start of the first two consecutive slices below the midpoint (one slow slice
-    // alone is a host stall during the burst).
-    let first_slow = (1..slices.len().saturating_sub(1))
-        .find(|&i| rate(&slices[i]) < midpoint && rate(&slices[i + 1]) < midpoint)
-        .unwrap_or_else(|| panic!("never two slices below {midpoint:.0} B/s in a row: {rates:?}"));
-    let switch = slices[first_slow].start_us as f64 / 1e6;
+    let slices = seqwrite_slices(&run.assert_probe_passed());
+    let switch = switch_seconds(&slices, (C5_LARGE_MAXIMUM + C5_LARGE_BASELINE) / 2.0);
     assert!(
         (2.75..=5.0).contains(&switch),
-        "the maximum ended at {switch:.2} s, want 2.75-5 s (600 MB of credits at 200 MB/s): {rates:?}"
+        "the maximum ended at {switch:.2} s, want 2.75-5 s (600 MB of credits at 200 MB/s): {}",
+        rates(&slices)
     );
-    // The last slice is the drain after the guest stopped submitting: left out.
-    let end = slices[..slices.len() - 1]
-        .last()
-        .map_or(0.0, |s| (s.start_us + s.us) as f64 / 1e6);
-    for (what, from, to, expected) in [
-        ("maximum", 0.25, switch - 0.25, C5_LARGE_MAXIMUM),
-        ("baseline", switch + 0.5, end, C5_LARGE_BASELINE),
-    ] {
-        let p = window(&slices, from, to);
-        let what = format!("{what} [{from:.2} s, {to:.2} s]");
-        eprintln!(
-            "{what}: {:.2} MB/s over {:.3} s",
-            p.bytes_per_second() / 1e6,
-            p.seconds()
-        );
-        assert_rate(&what, p, p.bytes_per_second(), expected);
-    }
+    assert_window_rate("maximum", &slices, 0.25, switch - 0.25, C5_LARGE_MAXIMUM);
+    let end = end_seconds(&slices);
+    assert_window_rate("baseline", &slices, switch + 0.5, end, C5_LARGE_BASELINE);
 }
 
 /// With no burst credits (`--ebs-burst-seconds 0`) a c5.large moves its EBS baseline, 650 Mbps =
@@ -311,11 +180,6 @@ fn ebs_baseline_without_burst_credits() {
     }
     for key in ["bench_randread_qd32", "bench_randread_qd32_shadow"] {
         let p = phase(&report, key);
-        eprintln!(
-            "{key}: {:.0} IOPS over {:.2} s",
-            p.ops_per_second(),
-            p.seconds()
-        );
         assert_rate(key, p, p.ops_per_second(), C5_LARGE_BASELINE_IOPS);
     }
 }
@@ -353,19 +217,12 @@ fn gp3_volume_caps_under_the_instance_cap() {
 /// Boots the virtio-blk probe's benchmark on one fresh 256 MiB disk (`disk_opts` appended to its
 /// spec) with the extra guest command line `bench_args`, and returns the report.
 fn virtio_blk_bench(name: &str, disk_opts: &str, bench_args: &str) -> ProbeReport {
-    let disk = scratch_path(&format!("rate-limit-vblk-{name}.img"));
-    let _ = std::fs::remove_file(&disk);
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(256 << 20))
-        .expect("create the disk");
-    let kernel = probe("virtio_blk");
+    let disk = scratch_disk(&format!("rate-limit-vblk-{name}.img"), 256 << 20);
     let spec = format!("path={}{disk_opts}", disk.display());
     let cmdline = format!("bench=1 {bench_args} exit=reset");
-    let run = run_flint(
+    let run = run_probe(
+        "virtio_blk",
         &[
-            "run",
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
             "--cmdline",
             &cmdline,
             "--memory",
@@ -378,15 +235,7 @@ fn virtio_blk_bench(name: &str, disk_opts: &str, bench_args: &str) -> ProbeRepor
         Duration::from_secs(120),
     );
     let _ = std::fs::remove_file(&disk);
-    let report = run.probe();
-    report.assert_all_passed(&run);
-    assert!(
-        run.status.success(),
-        "flint: {:?}\n{}",
-        run.status,
-        run.stderr
-    );
-    report
+    run.assert_probe_passed()
 }
 
 /// A virtio-blk disk with `throughput=100M` moves 100 MiB/s of sequential 1 MiB writes at queue
@@ -408,11 +257,6 @@ fn virtio_blk_throughput_cap() {
         "bench_phases=seqwrite bench_seq_ops=250 bench_xfer_kib=1024 bench_seq_qd=16",
     );
     let p = phase(&report, "bench_seqwrite");
-    eprintln!(
-        "virtio-blk seqwrite: {:.1} MiB/s over {:.2} s",
-        p.bytes_per_second() / 1048576.0,
-        p.seconds()
-    );
     assert_rate("bench_seqwrite", p, p.bytes_per_second(), 100.0 * 1048576.0);
 }
 
@@ -431,11 +275,6 @@ fn virtio_blk_iops_cap() {
     );
     for key in ["bench_randread_qd1", "bench_randread_qd32"] {
         let p = phase(&report, key);
-        eprintln!(
-            "virtio-blk {key}: {:.0} IOPS over {:.2} s",
-            p.ops_per_second(),
-            p.seconds()
-        );
         assert_rate(key, p, p.ops_per_second(), 2000.0);
     }
 }

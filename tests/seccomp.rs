@@ -8,21 +8,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{kvm_available, probe, run_flint, scratch_path, spawn_flint, wait_with_timeout};
+use common::{
+    kvm_available, probe, run_flint, run_probe, scratch_disk, scratch_path, spawn_flint,
+    wait_with_timeout,
+};
 
 /// flint's exit status after a violation: 128 + SIGSYS.
 const VIOLATION_STATUS: i32 = 128 + libc::SIGSYS;
-
-fn scratch_disk(name: &str, size: u64) -> PathBuf {
-    let path = scratch_path(name);
-    let _ = std::fs::remove_file(&path);
-    let f = std::fs::File::create(&path).expect("create the disk file");
-    f.set_len(size).expect("size the disk file");
-    path
-}
 
 /// Boots probe `guest` (powering off when done) with a forbidden call in `class`'s threads and
 /// checks that flint died of it, with exactly the one-line message. Threads that exist before the
@@ -49,13 +44,8 @@ fn forbidden_call_stops_flint(guest: &str, class: &str, class_name: &str, extra:
         run.status,
         run.stderr
     );
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.contains("WARN "))
-        .collect();
     assert_eq!(
-        lines,
+        run.stderr_without_warnings(),
         [format!(
             "flint: error: seccomp: the {class_name} thread made a forbidden system call, socket ({}); the VMM is stopped (--no-seccomp turns the sandbox off)",
             libc::SYS_socket
@@ -113,12 +103,9 @@ fn without_the_sandbox_the_forbidden_call_is_harmless() {
     if !kvm_available() {
         return;
     }
-    let kernel = probe("boot");
-    let run = run_flint(
+    let run = run_probe(
+        "boot",
         &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
             "--cmdline",
             "exit=poweroff",
             "--no-seccomp",

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, boot_probe, kvm_available, probe, scratch_path};
+use common::{assert_one_line_error, boot_probe, kvm_available, probe, scratch_disk, scratch_path};
 
 /// The probe's data pattern: the little-endian dword at byte offset `o` of the disk.
 fn pattern(o: u64) -> u32 {
@@ -20,14 +20,6 @@ fn pattern_bytes(from: u64, len: usize) -> Vec<u8> {
     (0..len as u64 / 4)
         .flat_map(|i| pattern(from + 4 * i).to_le_bytes())
         .collect()
-}
-
-fn scratch_disk(name: &str, size: u64) -> std::path::PathBuf {
-    let path = scratch_path(name);
-    let _ = std::fs::remove_file(&path);
-    let f = std::fs::File::create(&path).expect("create the disk file");
-    f.set_len(size).expect("size the disk file");
-    path
 }
 
 fn disk_arg(path: &Path, extra: &str) -> String {

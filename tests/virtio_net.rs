@@ -187,14 +187,7 @@ fn exchange_frames(how: Exchange) {
         &net,
     ]));
     let run = wait_with_timeout(child, Duration::from_secs(120), started);
-    let report = run.probe();
-    report.assert_all_passed(&run);
-    assert!(
-        run.status.success(),
-        "flint: {:?}\n{}",
-        run.status,
-        run.stderr
-    );
+    let report = run.assert_probe_passed();
     for check in [
         "vnet_found",
         "vnet_ids",
@@ -313,8 +306,7 @@ fn virtio_net_creates_a_missing_tap_with_a_stable_mac() {
         &net,
     ]));
     let run = wait_with_timeout(child, Duration::from_secs(120), started);
-    run.probe().assert_all_passed(&run);
-    assert!(run.status.success(), "{}", run.stderr);
+    run.assert_probe_passed();
     assert!(
         run.stderr
             .contains(&format!("TAP {tap} is virtio-net device 0")),
@@ -426,8 +418,7 @@ fn a_single_queue_tap_falls_back_to_one_pair_unless_queues_is_given() {
         ],
         Duration::from_secs(120),
     );
-    run.probe().assert_all_passed(&run);
-    assert!(run.status.success(), "{}", run.stderr);
+    run.assert_probe_passed();
     assert!(
         run.stderr.contains("multi-queue TAP") && run.stderr.contains("using one queue pair"),
         "{}",

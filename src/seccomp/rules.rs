@@ -130,19 +130,20 @@ fn common(pid: u32) -> Rules {
     rules
 }
 
+/// An event loop (the main thread's, a device worker's): wait on an epoll set, change what it
+/// watches, read what it reports ready (eventfds, timerfds, stdin).
+const EVENT_LOOP: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+];
+
 /// The main thread once the guest runs: the event loop (stdin, the exit eventfd), kicking and
 /// joining vCPU threads, and tearing the VM down (irqfds and ioeventfds are unregistered when the
 /// devices drop; guest RAM is unmapped).
 fn main_thread(rules: &mut Rules) {
-    allow(
-        rules,
-        &[
-            libc::SYS_epoll_wait,
-            libc::SYS_epoll_pwait,
-            libc::SYS_epoll_ctl,
-            libc::SYS_read,
-        ],
-    );
+    allow(rules, EVENT_LOOP);
     allow_ioctls(rules, &[KVM_IRQFD, KVM_IOEVENTFD, libc::TCGETS]);
 }
 
@@ -188,13 +189,10 @@ fn vcpu_thread(rules: &mut Rules) {
 /// for virtio-blk's direct I/O from guest memory), fdatasync, hole punching, the rate limiter's
 /// timerfd, TAP reads and writes, interrupts through irqfds (writes).
 fn device_thread(rules: &mut Rules) {
+    allow(rules, EVENT_LOOP);
     allow(
         rules,
         &[
-            libc::SYS_epoll_wait,
-            libc::SYS_epoll_pwait,
-            libc::SYS_epoll_ctl,
-            libc::SYS_read,
             libc::SYS_readv,
             libc::SYS_writev,
             libc::SYS_pread64,

@@ -2,6 +2,7 @@
 //! binary with a timeout, and parses what the guest printed.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod bench;
 pub mod netns;
 
 use std::collections::HashMap;
@@ -85,6 +86,28 @@ impl Run {
     pub fn probe(&self) -> ProbeReport {
         ProbeReport::parse(&self.stdout)
     }
+
+    /// Fails the test unless the probe ran to PROBE-DONE with every check passed and flint exited
+    /// 0; returns the report.
+    pub fn assert_probe_passed(&self) -> ProbeReport {
+        let report = self.probe();
+        report.assert_all_passed(self);
+        assert!(
+            self.status.success(),
+            "flint: {:?}\n{}",
+            self.status,
+            self.stderr
+        );
+        report
+    }
+
+    /// The lines of stderr that are not warnings (a warning may precede an error line).
+    pub fn stderr_without_warnings(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.contains("WARN "))
+            .collect()
+    }
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
@@ -137,6 +160,14 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration, started: Instant) 
 pub fn run_flint(args: &[&str], timeout: Duration) -> Run {
     let started = Instant::now();
     wait_with_timeout(spawn_flint(args), timeout, started)
+}
+
+/// Runs probe `name` under `flint run --kernel <probe> <args>` to completion (at most `timeout`).
+pub fn run_probe(name: &str, args: &[&str], timeout: Duration) -> Run {
+    let kernel = probe(name);
+    let mut all = vec!["run", "--kernel", kernel.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    run_flint(&all, timeout)
 }
 
 /// A flint run whose console is read line by line while it runs, for tests that act on what the guest
@@ -262,20 +293,9 @@ impl Drop for LiveFlint {
 /// Boots probe `name` with the given extra flint arguments and guest command line, and checks that it
 /// ran to PROBE-DONE with no failure and flint exited 0. Returns the report.
 pub fn boot_probe(name: &str, flint_args: &[&str], cmdline: &str) -> ProbeReport {
-    let kernel = probe(name);
-    let kernel = kernel.to_str().expect("utf-8 path");
-    let mut args = vec!["run", "--kernel", kernel, "--cmdline", cmdline];
+    let mut args = vec!["--cmdline", cmdline];
     args.extend_from_slice(flint_args);
-    let run = run_flint(&args, Duration::from_secs(120));
-    let report = run.probe();
-    report.assert_all_passed(&run);
-    assert!(
-        run.status.success(),
-        "flint exited with {:?}\n--- stderr ---\n{}",
-        run.status,
-        run.stderr
-    );
-    report
+    run_probe(name, &args, Duration::from_secs(120)).assert_probe_passed()
 }
 
 /// The PROBE lines of one guest run.
@@ -376,6 +396,16 @@ pub fn scratch_path(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A sparse, all-zero disk file of `size` bytes under the scratch directory (replacing any file of
+/// that name).
+pub fn scratch_disk(name: &str, size: u64) -> PathBuf {
+    let path = scratch_path(name);
+    let _ = std::fs::remove_file(&path);
+    let file = std::fs::File::create(&path).expect("create the disk file");
+    file.set_len(size).expect("size the disk file");
+    path
+}
+
 /// Runs flint with `args` and checks that it failed without panicking, with exactly one
 /// `flint: error:` line on stderr (warnings aside) containing every one of `needles`.
 pub fn assert_one_line_error(args: &[&str], needles: &[&str]) {
@@ -388,11 +418,7 @@ pub fn assert_one_line_error(args: &[&str], needles: &[&str]) {
     );
     // Warnings (e.g. "--memory overrides the instance type's") may precede the error; the error
     // itself is one line.
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.contains("WARN "))
-        .collect();
+    let lines = run.stderr_without_warnings();
     assert_eq!(
         lines.len(),
         1,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{FallocateFlags, FlockOperation};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions, ReadVolatile,
-    WriteVolatile,
+    VolatileMemoryError, VolatileSlice, WriteVolatile,
 };
 
 /// The I/O a block device model needs from its backing store. Every method reports failures as
@@ -280,6 +280,32 @@ impl BlockBackend {
         Ok(())
     }
 
+    /// Moves `len` bytes between guest RAM at `addr` (checked to be all RAM with `access` first)
+    /// and the file at `offset`: `io` runs on each slice of the range, one per guest memory region
+    /// it touches, and must move all of it.
+    fn guest_io(
+        &self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        len: usize,
+        offset: u64,
+        access: Permissions,
+        mut io: impl FnMut(&File, &mut VolatileSlice) -> Result<(), VolatileMemoryError>,
+    ) -> io::Result<()> {
+        check_in_ram(mem, addr, len, access)?;
+        self.at_offset(offset, len, || {
+            let mut done = 0;
+            for slice in
+                GuestMemory::get_slices(mem, addr, len, access).map_err(guest_memory_error)?
+            {
+                let mut slice = slice.map_err(guest_memory_error)?;
+                io(&self.file, &mut slice).map_err(volatile_error)?;
+                done += slice.len();
+            }
+            check_complete(done, len)
+        })
+    }
+
     fn zero_by_writing(&self, offset: u64, len: u64) -> io::Result<()> {
         let chunk = vec![0u8; ZERO_CHUNK.min(usize::try_from(len).unwrap_or(ZERO_CHUNK))];
         let mut done = 0u64;
@@ -351,22 +377,15 @@ impl BlockIo for BlockBackend {
         len: usize,
         offset: u64,
     ) -> io::Result<()> {
-        check_in_ram(mem, addr, len, Permissions::Write)?;
-        self.at_offset(offset, len, || {
-            let mut done = 0;
-            // One slice per guest memory region the range touches.
-            for slice in GuestMemory::get_slices(mem, addr, len, Permissions::Write)
-                .map_err(guest_memory_error)?
-            {
-                let mut slice = slice.map_err(guest_memory_error)?;
-                // Loops over short reads; end of file is an error, not a short read.
-                (&self.file)
-                    .read_exact_volatile(&mut slice)
-                    .map_err(volatile_error)?;
-                done += slice.len();
-            }
-            check_complete(done, len)
-        })
+        // Loops over short reads; end of file is an error, not a short read.
+        self.guest_io(
+            mem,
+            addr,
+            len,
+            offset,
+            Permissions::Write,
+            |mut file, slice| file.read_exact_volatile(slice),
+        )
     }
 
     /// `write(2)` to the file straight from guest memory.
@@ -378,26 +397,20 @@ impl BlockIo for BlockBackend {
         offset: u64,
     ) -> io::Result<()> {
         self.check_writable()?;
-        check_in_ram(mem, addr, len, Permissions::Read)?;
-        self.at_offset(offset, len, || {
-            let mut done = 0;
-            for slice in GuestMemory::get_slices(mem, addr, len, Permissions::Read)
-                .map_err(guest_memory_error)?
-            {
-                let slice = slice.map_err(guest_memory_error)?;
-                (&self.file)
-                    .write_all_volatile(&slice)
-                    .map_err(volatile_error)?;
-                done += slice.len();
-            }
-            check_complete(done, len)
-        })
+        self.guest_io(
+            mem,
+            addr,
+            len,
+            offset,
+            Permissions::Read,
+            |mut file, slice| file.write_all_volatile(slice),
+        )
     }
 }
 
-fn volatile_error(e: vm_memory::VolatileMemoryError) -> io::Error {
+fn volatile_error(e: VolatileMemoryError) -> io::Error {
     match e {
-        vm_memory::VolatileMemoryError::IOError(e) => e,
+        VolatileMemoryError::IOError(e) => e,
         other => io::Error::new(io::ErrorKind::InvalidInput, other),
     }
 }

@@ -257,6 +257,21 @@ impl Guest {
         }
     }
 
+    /// An enabled controller with I/O queue pair 1 (16 entries) on a 1 MiB disk behind a [`Flaky`]
+    /// backend, and the errno that makes the backend fail while it is not 0.
+    fn with_flaky_backend() -> (Self, Arc<AtomicI32>) {
+        let d = disk(1 << 20);
+        let errno = Arc::new(AtomicI32::new(0));
+        let backend = Flaky {
+            inner: BlockBackend::open(d.path(), false).unwrap(),
+            errno: errno.clone(),
+        };
+        let mut g = Guest::with_backend(Box::new(backend), d);
+        g.enable();
+        g.create_pair(1, 16, 16);
+        (g, errno)
+    }
+
     fn read32(&mut self, offset: u64) -> u32 {
         let mut b = [0u8; 4];
         self.ctrl.read_register(offset, &mut b);
@@ -1665,15 +1680,7 @@ fn deallocate_punches_holes_and_reads_back_zeroes() {
 
 #[test]
 fn backing_file_errors_become_internal_errors() {
-    let d = disk(1 << 20);
-    let errno = Arc::new(AtomicI32::new(0));
-    let backend = Flaky {
-        inner: BlockBackend::open(d.path(), false).unwrap(),
-        errno: errno.clone(),
-    };
-    let mut g = Guest::with_backend(Box::new(backend), d);
-    g.enable();
-    g.create_pair(1, 16, 16);
+    let (mut g, errno) = Guest::with_flaky_backend();
     let aer = g.submit(0, Command::new(admin_opcode::ASYNC_EVENT_REQUEST, 0));
     g.ring(0);
     g.ctrl.process_admin_queue();
@@ -1707,15 +1714,7 @@ fn backing_file_errors_become_internal_errors() {
 /// internal-error event; the controller keeps serving and the data written before is intact.
 #[test]
 fn a_full_host_file_system_is_capacity_exceeded() {
-    let d = disk(1 << 20);
-    let errno = Arc::new(AtomicI32::new(0));
-    let backend = Flaky {
-        inner: BlockBackend::open(d.path(), false).unwrap(),
-        errno: errno.clone(),
-    };
-    let mut g = Guest::with_backend(Box::new(backend), d);
-    g.enable();
-    g.create_pair(1, 16, 16);
+    let (mut g, errno) = Guest::with_flaky_backend();
     let data = pattern(4096, 3);
     g.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
     assert_eq!(g.io(rw(io_opcode::WRITE, 0, 8, DATA, 0)), Status::SUCCESS);

@@ -33,6 +33,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use super::command::{io_opcode as op, Command};
 use super::controller::NvmeController;
 use crate::rate_limiter::LimiterChain;
+pub use crate::rate_limiter::ThrottleStats;
 
 /// How a bounded run of one submission queue ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,17 +48,6 @@ pub(super) enum Drained {
     Throttled,
     /// The queue does not exist (deleted, or the controller was reset).
     Gone,
-}
-
-/// What the rate limiter has done so far, for tests and diagnostics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ThrottleStats {
-    /// Commands the limiter admitted.
-    pub admitted: u64,
-    /// Times a command was held back at the head of its queue.
-    pub held: u64,
-    /// Timer events handled (each resumes the waiting queues once).
-    pub wakeups: u64,
 }
 
 /// A controller's limiter and the queues waiting for it.

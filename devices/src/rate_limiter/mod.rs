@@ -44,3 +44,15 @@ pub use config::{
 };
 pub use limiter::{RateLimiter, RateLimiterError, Throttled, TokenKind};
 pub use shared::{LimiterChain, SharedRateLimiter};
+
+/// What a block device's rate limiter has done so far, for tests and diagnostics (the NVMe
+/// controller and virtio-blk count the same events).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleStats {
+    /// Requests (NVMe commands) the limiter admitted.
+    pub admitted: u64,
+    /// Times a request was held back at the head of its queue.
+    pub held: u64,
+    /// Timer events handled (each resumes the waiting queues once).
+    pub wakeups: u64,
+}

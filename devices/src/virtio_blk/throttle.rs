@@ -22,17 +22,7 @@ use std::sync::Arc;
 use super::request::Cost;
 use super::{Drained, WorkerLoop};
 use crate::rate_limiter::LimiterChain;
-
-/// What the rate limiter has done so far, for tests and diagnostics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ThrottleStats {
-    /// Requests the limiter admitted.
-    pub admitted: u64,
-    /// Times a request was held back at the head of its queue.
-    pub held: u64,
-    /// Timer events handled (each resumes the waiting queues once).
-    pub wakeups: u64,
-}
+pub use crate::rate_limiter::ThrottleStats;
 
 /// [`ThrottleStats`] the worker updates and the device (or a test) reads.
 #[derive(Debug, Default)]
