@@ -149,8 +149,7 @@ fn main_thread(rules: &mut Rules) {
 /// A vCPU thread: KVM_RUN and what device emulation does on an exit — PCI reconfiguration (MSI
 /// routes, irqfds, ioeventfds when BARs move), virtio activation (the worker's epoll and eventfds;
 /// the thread itself comes from the spawner), an NVMe shutdown's flush, the TAP offloads a
-/// virtio-net driver negotiates, serial output, eventfd reads; and virtio-net receive on an RX
-/// notify (TAP reads, the worker's epoll set, the RX limiter's timer).
+/// virtio-net driver negotiates, serial output, eventfd reads.
 fn vcpu_thread(rules: &mut Rules) {
     allow(
         rules,
@@ -159,10 +158,8 @@ fn vcpu_thread(rules: &mut Rules) {
             libc::SYS_epoll_create1,
             libc::SYS_epoll_ctl,
             libc::SYS_eventfd2,
-            // A virtio-net worker's rate-limiter timer, made when the driver starts the device,
-            // and armed when a frame received on an RX notify (virtio_net::rx) must wait.
+            // A virtio-net worker's rate-limiter timer, made when the driver starts the device.
             libc::SYS_timerfd_create,
-            libc::SYS_timerfd_settime,
             libc::SYS_fdatasync,
         ],
     );

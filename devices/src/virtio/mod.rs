@@ -17,9 +17,7 @@
 //! Notifications: each queue has an eventfd; the transport asks the PCI root to register it as a
 //! KVM ioeventfd on the queue's notify address (BAR 0 + 0x3000 + 4 × queue), so a guest notify
 //! never reaches the VMM's vCPU thread. A notify write that does arrive as an MMIO exit (no
-//! ioeventfd, or a unit test) signals the same eventfd. A device may instead take some queues'
-//! notifies on the notifying vCPU's thread ([`VirtioDevice::notifies_inline`]): those queues get no
-//! ioeventfd, and the exit calls [`VirtioDevice::notify_inline`]. Interrupts: [`VirtioInterrupt`] raises the
+//! ioeventfd, or a unit test) signals the same eventfd. Interrupts: [`VirtioInterrupt`] raises the
 //! MSI-X vector the driver assigned to a queue (or to configuration changes).
 //!
 //! docs/virtio.md follows one virtio-blk request end to end.
@@ -164,22 +162,6 @@ pub trait VirtioDevice: Send {
     /// memory and return once no thread of the device touches them any more. Called only after a
     /// successful [`VirtioDevice::activate`].
     fn reset(&mut self);
-
-    /// Whether notifies of `queue` should reach the device on the notifying vCPU's thread through
-    /// [`VirtioDevice::notify_inline`] (an MMIO exit to the VMM) rather than as an ioeventfd that
-    /// wakes a worker. Fixed for the device's life: the transport asks when it lists ioeventfds.
-    fn notifies_inline(&self, queue: u16) -> bool {
-        let _ = queue;
-        false
-    }
-
-    /// The driver notified `queue`, one of [`VirtioDevice::notifies_inline`]'s, on this vCPU
-    /// thread: do the work now if that is cheap and safe, and return whether it was done; false
-    /// makes the transport signal the queue's eventfd as usual.
-    fn notify_inline(&self, queue: u16) -> bool {
-        let _ = queue;
-        false
-    }
 }
 
 /// Why a device could not start.

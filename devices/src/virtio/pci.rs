@@ -359,11 +359,6 @@ impl VirtioPciDevice {
         }
         let index = offset / u64::from(NOTIFY_OFF_MULTIPLIER);
         log::trace!("virtio: queue {index} notified through an MMIO exit");
-        if let Ok(queue) = u16::try_from(index) {
-            if self.device.notifies_inline(queue) && self.device.notify_inline(queue) {
-                return;
-            }
-        }
         if let Some(fd) = usize::try_from(index).ok().and_then(|i| self.notify.get(i)) {
             if let Err(e) = fd.write(1) {
                 log::warn!("virtio: cannot signal queue {index}: {e}");
@@ -540,7 +535,6 @@ impl PciDevice for VirtioPciDevice {
         self.notify
             .iter()
             .enumerate()
-            .filter(|(i, _)| u16::try_from(*i).is_ok_and(|q| !self.device.notifies_inline(q)))
             .map(|(i, fd)| PciIoEvent {
                 bar: VIRTIO_BAR,
                 offset: NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_OFF_MULTIPLIER),

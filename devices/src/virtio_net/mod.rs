@@ -100,8 +100,6 @@ struct Worker {
     stop: Arc<AtomicBool>,
     wake: EventFd,
     thread: JoinHandle<()>,
-    /// The pair's state, for RX notifies handled on vCPU threads.
-    shared: Arc<Mutex<PairWorker>>,
 }
 
 /// A virtio-net device model (put it behind [`crate::virtio::VirtioPciDevice`]).
@@ -233,18 +231,12 @@ impl VirtioNet {
                 states: states.clone(),
                 limits: self.limits.clone(),
             };
-            let shared = Arc::new(Mutex::new(PairWorker::new(setup)?));
-            let for_thread = shared.clone();
+            let worker = PairWorker::new(setup)?;
             let thread = ctx.spawner.spawn(
                 &format!("virtio-net-q{pair}"),
-                Box::new(move || PairWorker::run(for_thread)),
+                Box::new(move || worker.run()),
             )?;
-            self.workers.push(Worker {
-                stop,
-                wake,
-                thread,
-                shared,
-            });
+            self.workers.push(Worker { stop, wake, thread });
         }
         Ok(())
     }
@@ -325,20 +317,6 @@ impl VirtioDevice for VirtioNet {
                 log::warn!("virtio-net: cannot turn the TAP's offloads off: {e}");
             }
         }
-    }
-
-    /// The RX queues (even indices below the control queue): a driver notifies one when it has
-    /// re-posted buffers the device ran out of (with EVENT_IDX or NO_NOTIFY, only then), and
-    /// filling them at once on the notifying vCPU is what lets it see the frames without waiting
-    /// for the worker thread to be scheduled (docs/virtio-net.md, "RX notifies").
-    fn notifies_inline(&self, queue: u16) -> bool {
-        usize::from(queue) < 2 * self.taps.len() && queue % 2 == 0
-    }
-
-    fn notify_inline(&self, queue: u16) -> bool {
-        self.workers
-            .get(usize::from(queue / 2))
-            .is_some_and(|w| PairWorker::rx_notified_inline(&w.shared))
     }
 }
 

@@ -374,39 +374,6 @@ fn device_moves_frames_both_ways() {
 }
 
 #[test]
-fn rx_notifies_are_handled_on_the_notifying_thread() {
-    let mut d = Driver::new();
-    // RX queues (0 here) get no ioeventfd; TX (1) and the control queue (2) do.
-    let io: Vec<u64> = d.dev.ioeventfds().iter().map(|e| e.offset).collect();
-    assert_eq!(io, vec![NOTIFY_OFFSET + 4, NOTIFY_OFFSET + 8]);
-    assert_eq!(d.init(), 0xf);
-    // A frame waits in the worker for a buffer; once the worker is idle, the notify that posts
-    // one delivers it before the notifying write returns (no worker wake-up in between).
-    let mut pkt = vec![0u8; 12];
-    pkt.extend(frame(7, 600));
-    d.peer.send(&pkt).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(d.rx.used_idx(), 0);
-    let b = d.rx.chain(0, &[(BUF + 0x2000, 2048, F_WRITE)]);
-    d.rx.publish(b);
-    bar_w(&mut d.dev, NOTIFY_OFFSET, 2, 0);
-    assert_eq!(d.rx.used_idx(), 1, "delivered during the notify");
-    assert_eq!(d.rx.used_entry(0), (0, 612));
-    let mut got = vec![0u8; 600];
-    d.mem
-        .read_slice(&mut got, GuestAddress(BUF + 0x2000 + 12))
-        .unwrap();
-    assert_eq!(got, frame(7, 600));
-    // Frames that arrive while the driver has buffers still come through the worker.
-    let b = d.rx.chain(1, &[(BUF + 0x3000, 2048, F_WRITE)]);
-    d.rx.publish(b);
-    bar_w(&mut d.dev, NOTIFY_OFFSET, 2, 0);
-    d.peer.send(&pkt).unwrap();
-    Driver::wait_used(&d.rx, 2);
-    assert_eq!(d.rx.used_entry(1), (1, 612));
-}
-
-#[test]
 fn tap_offloads_follow_the_acked_features() {
     let f = |bits: &[u32]| bits.iter().fold(0u64, |a, b| a | 1 << b);
     assert_eq!(tap_offloads(0), 0);

@@ -3,10 +3,7 @@
 //!
 //! The worker waits with epoll on its RX and TX notify eventfds, its TAP queue, a wake eventfd
 //! (stop requests and pair switches), the timerfds of its rate limiters and, for pair 0, the
-//! control queue's notify eventfd. Its state is behind a mutex, taken only while handling events
-//! (never while waiting), because an RX notify is handled on the notifying vCPU's thread when the
-//! state is free ([`PairWorker::rx_notified_inline`]; the RX notify eventfd is then only the
-//! fallback when the worker is busy).
+//! control queue's notify eventfd.
 //! - TX: every available chain is gathered into one frame and written to the TAP, up to [`BATCH`]
 //!   chains per wake-up, with one interrupt (as EVENT_IDX allows) per batch. A frame the TX limiter
 //!   refuses waits in the worker (its chain not yet used) until the limiter's timer fires.
@@ -16,7 +13,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::Arc;
 
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -93,8 +90,7 @@ pub(super) struct PairWorker {
     pub stop: Arc<AtomicBool>,
     pub wake: EventFd,
     pub states: Arc<PairStates>,
-    /// Shared with the thread's loop, which waits on it without holding the worker's lock.
-    pub epoll: Arc<Epoll>,
+    pub epoll: Epoll,
     /// Whether the TAP is in the epoll set (it is not while RX cannot take frames).
     pub tap_polled: bool,
     /// The TAP failed for good: never polled or read again.
@@ -170,7 +166,7 @@ impl PairWorker {
             stop: s.stop,
             wake: s.wake,
             states: s.states,
-            epoll: Arc::new(epoll),
+            epoll,
             // Not yet: the first RX pass adds the TAP when the pair is active.
             tap_polled: false,
             tap_dead: false,
@@ -185,94 +181,66 @@ impl PairWorker {
         })
     }
 
-    /// The worker thread: waits on the epoll set (without the lock), then handles what it reported.
-    pub fn run(shared: Arc<Mutex<PairWorker>>) {
-        let (epoll, stop, pair) = {
-            let mut worker = lock(&shared);
-            // Frames may already wait in the TAP, and the driver may have queued buffers.
-            worker.process_rx();
-            worker.process_tx();
-            (worker.epoll.clone(), worker.stop.clone(), worker.pair)
-        };
+    pub fn run(mut self) {
         let mut events = vec![EpollEvent::default(); 8];
+        // Frames may already wait in the TAP, and the driver may have queued buffers.
+        self.process_rx();
+        self.process_tx();
         loop {
-            let n = match epoll.wait(-1, &mut events) {
+            let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::error!("virtio-net worker {pair}: cannot wait for work: {e}");
+                    log::error!("virtio-net worker {}: cannot wait for work: {e}", self.pair);
                     return;
                 }
             };
-            if stop.load(Ordering::Acquire) {
+            if self.stop.load(Ordering::Acquire) {
                 return;
             }
-            lock(&shared).handle(&events[..n]);
-        }
-    }
-
-    /// The driver notified the RX queue on a vCPU thread: receives now, on that thread, unless the
-    /// worker thread holds the state (then it returns false and the caller signals the RX notify
-    /// eventfd, which the worker handles next). Receiving here saves the round trip through the
-    /// worker thread: on a busy host the notifying vCPU, once preempted by the worker it woke,
-    /// waits a whole scheduling period before it sees the frames.
-    pub fn rx_notified_inline(shared: &Mutex<PairWorker>) -> bool {
-        let mut worker = match shared.try_lock() {
-            Ok(worker) => worker,
-            Err(TryLockError::WouldBlock) => return false,
-            Err(TryLockError::Poisoned(_)) => return false,
-        };
-        if worker.stop.load(Ordering::Acquire) {
-            return false;
-        }
-        worker.process_rx();
-        true
-    }
-
-    /// Handles the events one epoll wait returned.
-    fn handle(&mut self, events: &[EpollEvent]) {
-        let (mut rx, mut tx) = (false, false);
-        for event in events {
-            match event.data() {
-                TOKEN_RX => {
-                    let _ = self.rx.q.notify.read();
-                    rx = true;
-                }
-                TOKEN_TX => {
-                    let _ = self.tx.q.notify.read();
-                    tx = true;
-                }
-                TOKEN_TAP => rx = true,
-                TOKEN_WAKE => {
-                    let _ = self.wake.read();
-                    (rx, tx) = (true, true);
-                }
-                TOKEN_CTRL => {
-                    if let Some(ctrl) = &self.ctrl {
-                        let _ = ctrl.q.notify.read();
+            let (mut rx, mut tx) = (false, false);
+            for event in &events[..n] {
+                match event.data() {
+                    TOKEN_RX => {
+                        let _ = self.rx.q.notify.read();
+                        rx = true;
                     }
-                    self.process_ctrl();
-                }
-                TOKEN_RX_LIMIT => {
-                    if let Some(l) = self.rx_limiter.as_mut() {
-                        l.on_timer_event();
+                    TOKEN_TX => {
+                        let _ = self.tx.q.notify.read();
+                        tx = true;
                     }
-                    rx = true;
-                }
-                TOKEN_TX_LIMIT => {
-                    if let Some(l) = self.tx_limiter.as_mut() {
-                        l.on_timer_event();
+                    TOKEN_TAP => rx = true,
+                    TOKEN_WAKE => {
+                        let _ = self.wake.read();
+                        (rx, tx) = (true, true);
                     }
-                    tx = true;
+                    TOKEN_CTRL => {
+                        if let Some(ctrl) = &self.ctrl {
+                            let _ = ctrl.q.notify.read();
+                        }
+                        self.process_ctrl();
+                    }
+                    TOKEN_RX_LIMIT => {
+                        if let Some(l) = self.rx_limiter.as_mut() {
+                            l.on_timer_event();
+                        }
+                        rx = true;
+                    }
+                    TOKEN_TX_LIMIT => {
+                        if let Some(l) = self.tx_limiter.as_mut() {
+                            l.on_timer_event();
+                        }
+                        tx = true;
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        if tx {
-            self.process_tx();
-        }
-        if rx {
-            self.process_rx();
+            if tx {
+                self.process_tx();
+            }
+            if rx {
+                self.process_rx();
+            }
         }
     }
 
@@ -451,12 +419,6 @@ impl PairWorker {
             self.signal_if_needed(Which::Ctrl, false);
         }
     }
-}
-
-/// The worker's state, also after a panic of another holder (its data stays consistent enough for
-/// the device to be reset).
-pub(super) fn lock(shared: &Mutex<PairWorker>) -> MutexGuard<'_, PairWorker> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Gathers a TX chain (header and frame, device-readable only) into `buf`; None when the chain is
