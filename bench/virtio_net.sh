@@ -9,6 +9,8 @@
 # its instance cap (c5.large: 10 Gbit/s maximum) stays out of the way. Needs root, ip, python3 and
 # Debian's qemu-system-x86.
 #   bench/virtio_net.sh [RUNS] [SECONDS]        (after cargo build --release)
+# WORKLOADS="rx1514 tx65000" limits the run to those rows (default: all four); FLINT_BEFORE=/path/to/flint
+# adds another flint build (e.g. main's) to every round, as "before".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${1:-3}
@@ -47,8 +49,10 @@ measure() {
 		ip netns exec "$ns" python3 "$work/sender.py" fb0 "$size" &
 		sender=$!
 	fi
-	if [ "$vmm" = flint ]; then
-		ip netns exec "$ns" timeout 120 target/release/flint run --kernel "$work/guests/virtio_net.elf" \
+	if [ "$vmm" != qemu ]; then
+		local binary=target/release/flint
+		[ "$vmm" = before ] && binary=$FLINT_BEFORE
+		ip netns exec "$ns" timeout 120 "$binary" run --kernel "$work/guests/virtio_net.elf" \
 			--cpus 1 --memory 256M --net "tap=fb0,mac=$mac,queues=1" --net-bandwidth 1000000 \
 			--cmdline "$cmdline" </dev/null 2>/dev/null
 	else
@@ -63,10 +67,9 @@ measure() {
 	fi
 }
 for i in $(seq "$runs"); do
-	for w in "tx 1514" "tx 65000" "rx 1514" "rx 60000"; do
-		for vmm in flint qemu; do
-			# shellcheck disable=SC2086
-			measure "$vmm" $w
+	for w in ${WORKLOADS:-tx1514 tx65000 rx1514 rx60000}; do
+		for vmm in flint qemu ${FLINT_BEFORE:+before}; do
+			measure "$vmm" "${w:0:2}" "${w:2}"
 		done
 	done
 done >"$work/results.txt"
@@ -79,11 +82,22 @@ for line in open(sys.argv[1]):
     kv = dict(f.split("=", 1) for f in rest.partition("=")[2].split() if "=" in f)
     us = int(kv["us"])
     rows[(workload, vmm)].append((int(kv["frames"]) * 1e6 / us, int(kv["bytes"]) * 8e6 / us / 1e9))
-print("\n| workload | flint frames/s | QEMU frames/s | flint Gbit/s | QEMU Gbit/s | flint / QEMU |\n|---|---|---|---|---|---|")
+before = any(v == "before" for _, v in rows)
+print("\n| workload | flint frames/s | QEMU frames/s | flint Gbit/s | QEMU Gbit/s | flint / QEMU |"
+      + (" before frames/s | flint / before |" if before else ""))
+print("|---|---|---|---|---|---|" + ("---|---|" if before else ""))
 for workload in ["tx1514", "tx65000", "rx1514", "rx60000"]:
+    if not any(w == workload for w, _ in rows):
+        continue
     f, q = rows.get((workload, "flint"), []), rows.get((workload, "qemu"), [])
     med = lambda r, i: statistics.median(x[i] for x in r) if r else float("nan")
     what = ("guest → host " if workload.startswith("tx") else "host → guest ") + workload[2:] + " B"
     ratio = med(f, 0) / med(q, 0) if f and q else float("nan")
-    print(f"| {what} | {med(f, 0):,.0f} | {med(q, 0):,.0f} | {med(f, 1):.2f} | {med(q, 1):.2f} | {ratio:.2f} |")
+    line = f"| {what} | {med(f, 0):,.0f} | {med(q, 0):,.0f} | {med(f, 1):.2f} | {med(q, 1):.2f} | {ratio:.2f} |"
+    if before:
+        b = rows.get((workload, "before"), [])
+        line += f" {med(b, 0):,.0f} | {med(f, 0) / med(b, 0) if b else float('nan'):.2f} |"
+    print(line)
+    for vmm, r in (("flint", f), ("QEMU", q)) + ((("before", rows.get((workload, "before"), [])),) if before else ()):
+        print(f"  {what} {vmm}: {min(x[0] for x in r):,.0f}–{max(x[0] for x in r):,.0f} frames/s over {len(r)} runs" if r else "")
 PY
