@@ -358,46 +358,22 @@ impl RawConfig {
                 instance.name
             );
         }
-        let volumes = self
-            .volumes
-            .unwrap_or_default()
-            .iter()
-            .map(|spec| {
-                spec.parse()
-                    .map_err(|why| ConfigError::Volume(spec.clone(), why))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let ebs_burst = match self.ebs_burst_seconds {
-            None => devices::rate_limiter::EBS_BURST_DURATION,
-            Some(s) if s <= MAX_EBS_BURST_SECONDS => Duration::from_secs(s),
-            Some(s) => return Err(ConfigError::EbsBurst(s)),
-        };
+        let volumes = parse_specs(self.volumes, ConfigError::Volume)?;
+        let ebs_burst = burst_duration(
+            self.ebs_burst_seconds,
+            devices::rate_limiter::EBS_BURST_DURATION,
+            ConfigError::EbsBurst,
+        )?;
         // -- virtio-blk disks (issue 4) --
-        let disks = self
-            .disks
-            .unwrap_or_default()
-            .iter()
-            .map(|spec| {
-                spec.parse()
-                    .map_err(|why| ConfigError::Disk(spec.clone(), why))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let disks = parse_specs(self.disks, ConfigError::Disk)?;
         // -- end virtio-blk disks --
         // -- virtio-net (issue 4) --
-        let nets = self
-            .nets
-            .unwrap_or_default()
-            .iter()
-            .map(|spec| {
-                spec.parse()
-                    .map_err(|why| ConfigError::Net(spec.clone(), why))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let net_burst = match self.net_burst_seconds {
-            None => crate::net::NET_BURST_DURATION,
-            Some(s) if s <= MAX_EBS_BURST_SECONDS => Duration::from_secs(s),
-            Some(s) => return Err(ConfigError::NetBurst(s)),
-        };
+        let nets = parse_specs(self.nets, ConfigError::Net)?;
+        let net_burst = burst_duration(
+            self.net_burst_seconds,
+            crate::net::NET_BURST_DURATION,
+            ConfigError::NetBurst,
+        )?;
         let net_cap = match &self.net_bandwidth {
             None => instance.network,
             Some(text) => {
@@ -429,6 +405,32 @@ impl RawConfig {
             seccomp: true,
             debug_forbidden_syscall: None,
         })
+    }
+}
+
+/// Parses each `--volume`, `--disk` or `--net` spec; `error` names the spec that is wrong.
+fn parse_specs<T: std::str::FromStr<Err = String>>(
+    specs: Option<Vec<String>>,
+    error: fn(String, String) -> ConfigError,
+) -> Result<Vec<T>, ConfigError> {
+    specs
+        .unwrap_or_default()
+        .iter()
+        .map(|spec| spec.parse().map_err(|why| error(spec.clone(), why)))
+        .collect()
+}
+
+/// How long burst credits last at the maximum (`--ebs-burst-seconds`, `--net-burst-seconds`):
+/// `default` when not given, at most [`MAX_EBS_BURST_SECONDS`].
+fn burst_duration(
+    seconds: Option<u64>,
+    default: Duration,
+    error: fn(u64) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    match seconds {
+        None => Ok(default),
+        Some(s) if s <= MAX_EBS_BURST_SECONDS => Ok(Duration::from_secs(s)),
+        Some(s) => Err(error(s)),
     }
 }
 
