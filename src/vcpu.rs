@@ -175,10 +175,11 @@ fn handle_port_io(vcpu: &mut VcpuFd, bus: &Bus) {
     let size = usize::from(io.size);
     let len = size * io.count as usize;
     let base = (run as *mut kvm_run).cast::<u8>();
-    // SAFETY: the kernel put the data at `data_offset` bytes into this vCPU's kvm_run mapping (the
-    // PIO data page), inside the KVM_GET_VCPU_MMAP_SIZE bytes kvm-ioctls keeps mapped for the
-    // VcpuFd's lifetime; kvm-ioctls builds the very same slice for VcpuExit::IoIn/IoOut. `run` is
-    // not used again, so this slice is the only reference to those bytes while it lives.
+    // The kernel put the data at `data_offset` bytes into this vCPU's kvm_run mapping (the PIO
+    // data page), inside the KVM_GET_VCPU_MMAP_SIZE bytes kvm-ioctls keeps mapped for the VcpuFd's
+    // lifetime; kvm-ioctls builds the very same slice for VcpuExit::IoIn/IoOut.
+    // SAFETY: in bounds of that live mapping (above); `run` is not used again, so this slice is
+    // the only reference to those bytes while it lives.
     let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
     port_io(
         bus,
